@@ -1,0 +1,14 @@
+"""Clustering of L2-normalised features into pseudo identities (labels 0..C-1, -1 = outlier).
+
+- :func:`knn_search`: exact inner-product kNN (faiss, or blocked GEMM + top-k).
+- :func:`jaccard_distance`: sparse k-reciprocal Jaccard distance, memory O(N·k).
+- :class:`DBSCANClusterer`: DBSCAN on that graph; :func:`dbscan_eps_sweep` for cheap eps scans.
+- :class:`InfomapClusterer`: two-level directed Infomap on a cosine kNN graph.
+"""
+
+from mqreid.cluster.dbscan import DBSCANClusterer, dbscan_eps_sweep
+from mqreid.cluster.infomap import InfomapClusterer
+from mqreid.cluster.jaccard import jaccard_distance
+from mqreid.cluster.knn import knn_search
+
+__all__ = ["DBSCANClusterer", "InfomapClusterer", "dbscan_eps_sweep", "jaccard_distance", "knn_search"]

@@ -1,0 +1,1 @@
+"""Orchestration: the training loop, checkpoints, distributed helpers and loggers."""

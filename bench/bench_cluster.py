@@ -1,0 +1,127 @@
+"""Clustering benchmark: Jaccard + DBSCAN (and Infomap) against the floor of one exact N x N GEMM.
+
+Each configuration runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
+Features are synthetic and seeded: identity centres plus per-identity noise, L2-normalised.
+
+    flock /tmp/mqreid-bench.lock python bench/bench_cluster.py --n 31068 --dim 2048
+    flock /tmp/mqreid-bench.lock python bench/bench_cluster.py --n 12936 --dim 2048 --infomap
+    flock /tmp/mqreid-bench.lock python bench/bench_cluster.py --n 200000 --dim 128 --no-gemm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def synthetic_features(n: int, dim: int, ids: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """[n, dim] float32 unit rows around ``ids`` random centres (noise 0.6-1.2 per id), and labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, ids, n)
+    noise = rng.uniform(0.6, 1.2, ids).astype(np.float32)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    x *= noise[labels, None]
+    x += rng.standard_normal((ids, dim), dtype=np.float32)[labels]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, labels
+
+
+def worker(args) -> dict:
+    """Run one configuration in this process and return its timings."""
+    import torch
+
+    from mqreid.cluster import InfomapClusterer, jaccard_distance
+    from mqreid.cluster.dbscan import dbscan_on_graph
+
+    torch.set_num_threads(args.threads)
+    x, labels = synthetic_features(args.n, args.dim, args.ids or max(2, args.n // 30), args.seed)
+    out = {"config": args.config}
+    start = time.perf_counter()
+    if args.config == "gemm_numpy":
+        for s in range(0, len(x), 4096):
+            np.dot(x[s:s + 4096], x.T)
+    elif args.config == "gemm_torch":
+        t = torch.from_numpy(x)
+        with torch.no_grad():
+            for s in range(0, len(x), 4096):
+                t[s:s + 4096] @ t.T
+    elif args.config == "dbscan":
+        graph = jaccard_distance(x, args.k1, 6, knn=args.knn)
+        out["jaccard_s"] = time.perf_counter() - start
+        t0 = time.perf_counter()
+        pred = dbscan_on_graph(graph, args.eps, 4)
+        out["dbscan_s"] = time.perf_counter() - t0
+        out["nnz_per_row"] = graph.nnz / len(x)
+        out["clusters"] = int(pred.max() + 1)
+        out["outliers"] = float(np.mean(pred == -1))
+    elif args.config == "infomap":
+        pred = InfomapClusterer(knn=args.knn).fit_predict(x)
+        out["clusters"] = int(pred.max() + 1)
+        out["outliers"] = float(np.mean(pred == -1))
+    else:
+        raise ValueError(f"--config: unknown {args.config!r}")
+    out["time_s"] = time.perf_counter() - start
+    if "clusters" in out:
+        from sklearn.metrics import adjusted_rand_score
+
+        out["ari"] = float(adjusted_rand_score(labels, pred))
+    out["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
+def run_config(args, config: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--config", config, "--n", str(args.n), "--dim", str(args.dim),
+           "--ids", str(args.ids), "--seed", str(args.seed), "--k1", str(args.k1), "--eps", str(args.eps),
+           "--knn", args.knn, "--threads", str(args.threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        sys.stderr.write(res.stderr)
+        raise SystemExit(f"configuration {config} failed")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=12936)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--ids", type=int, default=0, help="identity centres (default n // 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k1", type=int, default=30)
+    p.add_argument("--eps", type=float, default=0.6)
+    p.add_argument("--knn", default="torch", choices=["auto", "faiss", "torch"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-gemm", action="store_true", help="skip the GEMM floor (large N, small D)")
+    p.add_argument("--torch-gemm", action="store_true", help="also time torch's CPU matmul")
+    p.add_argument("--infomap", action="store_true", help="also time Infomap")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--config", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    configs = ([] if args.no_gemm else ["gemm_numpy"] + (["gemm_torch"] if args.torch_gemm else []))
+    configs += ["dbscan"] + (["infomap"] if args.infomap else [])
+    rows = [run_config(args, c) for c in configs]
+    floor = next((r["time_s"] for r in rows if r["config"] == "gemm_numpy"), None)
+    print(f"\nN={args.n} D={args.dim} ids={args.ids or args.n // 30} k1={args.k1} eps={args.eps} "
+          f"knn={args.knn} threads={args.threads}\n")
+    print("| configuration | time (s) | x GEMM | peak RSS (GB) | clusters | outliers | ARI | notes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['time_s'] / floor:.2f}" if floor else "-"
+        notes = ""
+        if r["config"] == "dbscan":
+            notes = f"jaccard {r['jaccard_s']:.1f}s + dbscan {r['dbscan_s']:.1f}s, {r['nnz_per_row']:.0f} pairs/row"
+        cl = lambda key, fmt: fmt.format(r[key]) if key in r else "-"  # noqa: E731
+        print(f"| {r['config']} | {r['time_s']:.1f} | {ratio} | {r['peak_gb']:.2f} | {cl('clusters', '{}')} | "
+              f"{cl('outliers', '{:.1%}')} | {cl('ari', '{:.3f}')} | {notes} |")
+
+
+if __name__ == "__main__":
+    main()

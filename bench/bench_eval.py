@@ -1,0 +1,158 @@
+"""Time re-ID evaluation (mAP/CMC) at Market-1501 and MSMT17 scale on random clustered features.
+
+Usage:
+    python bench/bench_eval.py --scale market|msmt|both --dim 2048 --device cpu|cuda [--chunk-size N]
+
+Each scale runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own. The data mimic
+the test split of the dataset: its numbers of queries, gallery images, ids and cameras; every id is
+seen by a few cameras; 15% of the gallery are distractors (id -1, matching no query). A feature is
+``normalize(id centre + camera shift + noise)``, which gives mAP in the range of real models.
+Reported: time of ``evaluate_features`` (distances + ranking, chunked) and, at Market scale, of
+``evaluate_ranking`` on a precomputed [Q, G] distance matrix; "data RSS" is the resident memory
+before evaluating (features and ids), "peak RSS" the maximum over the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mqreid.evaluation import evaluate_features, evaluate_ranking, pairwise_distance
+from mqreid.evaluation.ranking import DEFAULT_CHUNK_SIZE
+
+# Test splits: queries, gallery images, ids, cameras.
+SCALES = {
+    "market": dict(num_q=3_368, num_g=15_913, num_ids=750, num_cams=6),
+    "msmt": dict(num_q=11_659, num_g=82_161, num_ids=3_060, num_cams=15),
+}
+DISTRACTOR_FRACTION = 0.15
+
+
+def make_split(num_q, num_g, num_ids, num_cams, dim, noise, camera_shift, device, seed=0, block=8192):
+    """Random query/gallery features clustered by id, with ids and cameras like the dataset's."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
+
+    def randint(high, n):
+        return torch.randint(0, high, (n,), generator=gen, device=device)
+
+    # Each id is seen by 2..min(6, num_cams) cameras; images of an id come from those cameras.
+    cams_per_id = torch.randint(2, min(6, num_cams) + 1, (num_ids,), generator=gen, device=device)
+    cam_sets = torch.rand(num_ids, num_cams, generator=gen, device=device).argsort(dim=1)
+
+    def cams_of(pids):
+        return cam_sets[pids, (torch.rand(pids.numel(), generator=gen, device=device) * cams_per_id[pids]).long()]
+
+    q_pids = torch.arange(num_q, device=device) % num_ids  # every id queried about num_q / num_ids times
+    q_cams = cams_of(q_pids)
+    num_distractors = int(DISTRACTOR_FRACTION * num_g)
+    g_pids = torch.cat([randint(num_ids, num_g - num_distractors), torch.full((num_distractors,), -1, device=device)])
+    g_cams = torch.cat([cams_of(g_pids[: num_g - num_distractors]), randint(num_cams, num_distractors)])
+
+    centres = F.normalize(randn(num_ids, dim), dim=1)
+    cam_dirs = F.normalize(randn(num_cams, dim), dim=1) * camera_shift
+
+    def features(pids, cams):
+        out = torch.empty(pids.numel(), dim, device=device)
+        for start in range(0, pids.numel(), block):  # in blocks: no full-size temporaries
+            p, c = pids[start : start + block], cams[start : start + block]
+            f = randn(p.numel(), dim) * (noise / dim**0.5)
+            f[p >= 0] += centres[p[p >= 0]]
+            f[p < 0] += F.normalize(randn(int((p < 0).sum()), dim), dim=1)  # distractor: its own centre
+            out[start : start + block] = F.normalize(f + cam_dirs[c], dim=1)
+        return out
+
+    return features(q_pids, q_cams), features(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def timed(fn, device):
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def worker(args) -> None:
+    """Run one scale and print one JSON line per measured call."""
+    device = torch.device(args.device)
+    size = SCALES[args.scale]
+    q, g, q_pids, g_pids, q_cams, g_cams = make_split(
+        **size, dim=args.dim, noise=args.noise, camera_shift=args.camera_shift, device=device
+    )
+    data_rss = current_rss_mb()
+    common = dict(scale=args.scale, Q=size["num_q"], G=size["num_g"], D=args.dim, device=str(device),
+                  threads=torch.get_num_threads(), chunk=args.chunk_size, data_rss_mb=data_rss)
+
+    def report(call, seconds, result):
+        row = dict(common, call=call, seconds=seconds, peak_rss_mb=peak_rss_mb(),
+                   mAP=result["mAP"], R1=float(result["cmc"][0]), valid=result["num_valid_queries"])
+        if device.type == "cuda":
+            row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        print(json.dumps(row), flush=True)
+
+    seconds, result = timed(
+        lambda: evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size), device
+    )
+    report("evaluate_features", seconds, result)
+    if args.scale == "market":
+        distmat = pairwise_distance(q, g)
+        seconds, result = timed(
+            lambda: evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size), device
+        )
+        report("evaluate_ranking (precomputed distmat)", seconds, result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=["market", "msmt", "both"], default="both")
+    parser.add_argument("--dim", type=int, default=2048, help="feature size (2048 = ResNet-50)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="queries ranked at once")
+    parser.add_argument("--noise", type=float, default=3.2, help="noise norm relative to the unit id centre")
+    parser.add_argument("--camera-shift", type=float, default=0.5, help="norm of the per-camera offset")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    rows = []
+    for scale in ["market", "msmt"] if args.scale == "both" else [args.scale]:
+        cmd = [sys.executable, __file__, "--worker", "--scale", scale, "--dim", str(args.dim),
+               "--device", args.device, "--chunk-size", str(args.chunk_size), "--noise", str(args.noise),
+               "--camera-shift", str(args.camera_shift)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    gpu = any("peak_gpu_mb" in r for r in rows)
+    print("| scale | call | Q | G | D | device | threads | chunk | seconds | data RSS (MB) | peak RSS (MB) |"
+          + (" peak GPU (MB) |" if gpu else "") + " mAP | R1 |")
+    print("|---" * (13 + gpu) + "|")
+    for r in rows:
+        print(f"| {r['scale']} | {r['call']} | {r['Q']:,} | {r['G']:,} | {r['D']} | {r['device']} | {r['threads']} "
+              f"| {r['chunk']} | {r['seconds']:.1f} | {r['data_rss_mb']:,.0f} | {r['peak_rss_mb']:,.0f} |"
+              + (f" {r.get('peak_gpu_mb', 0):,.0f} |" if gpu else "")
+              + f" {100 * r['mAP']:.1f} | {100 * r['R1']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Sparse k-reciprocal Jaccard distance (Zhong et al., CVPR 2017, "Re-ranking person
+re-identification with k-reciprocal encoding"), exact and with memory O(N·k).
+
+It gives the same numbers as the dense formulation used by Cluster Contrast / SpCL
+(``compute_jaccard_distance``), step by step:
+
+1. ranking: the ``L = k1`` most similar points of each point (itself included), see
+   :mod:`mqreid.cluster.knn` for the tie order;
+2. k-reciprocal sets: ``j in R(i, k)`` when ``j`` is among the first ``k + 1`` entries of ``i``'s
+   ranking and ``i`` among ``j``'s (rankings are only ``L`` long, so ``R(i, k1)`` uses ``k1``);
+3. expansion: ``R(c, round(k1 / 2))`` is added for every ``c in R(i, k1)`` whose half-set has more
+   than 2/3 of its members in ``R(i, k1)``;
+4. weights ``V[i, j] = softmax_j(-(2 - 2 cos(i, j)))`` over the expanded set;
+5. query expansion (``k2 > 1``): ``V[i]`` becomes the mean of the rows of its ``k2`` first ranked;
+6. ``d(i, j) = 1 - m / (2 - m)`` with ``m = sum_l min(V[i, l], V[j, l])``, clamped at 0.
+
+Every step works on sparse index lists; step 6 only visits pairs sharing a column of ``V``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from mqreid.cluster.knn import as_unit_features, knn_search
+
+log = logging.getLogger(__name__)
+
+PAIR_BUDGET = 1 << 24  # pairs expanded per chunk in the overlap step (~400 MB of temporaries)
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + c)`` for every (s, c); numpy has no vectorised form."""
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    offsets = np.repeat(starts.astype(np.int64) - np.cumsum(counts) + counts, counts)
+    return offsets + np.arange(total, dtype=np.int64)
+
+
+def _pattern(rows: np.ndarray, cols: np.ndarray, n: int, m: int | None = None) -> sp.csr_matrix:
+    """Binary CSR [n, m] with ones at (rows, cols), duplicates merged, indices sorted."""
+    a = sp.csr_matrix((np.ones(len(rows), np.float64), (rows, cols)), shape=(n, m or n))
+    a.sum_duplicates()
+    a.data[:] = 1.0
+    return a
+
+
+def _rank_prefix(rank: np.ndarray, length: int) -> sp.csr_matrix:
+    """Binary CSR [N, N]: row i marks the first ``length`` entries of ``rank[i]``."""
+    length = min(length, rank.shape[1])
+    n = rank.shape[0]
+    return _pattern(np.repeat(np.arange(n), length), rank[:, :length].ravel(), n)
+
+
+def reciprocal_sets(rank: np.ndarray, k: int) -> sp.csr_matrix:
+    """k-reciprocal neighbour sets R(i, k) as a binary CSR [N, N].
+
+    ``rank`` [N, L]: neighbour indices of each point, best first. ``j in R(i, k)`` iff ``j`` is in
+    ``rank[i, :k + 1]`` and ``i`` in ``rank[j, :k + 1]``.
+    """
+    a = _rank_prefix(rank, k + 1)
+    r = a.multiply(a.T).tocsr()
+    r.sort_indices()
+    return r
+
+
+def _expanded_sets(rank: np.ndarray, k1: int) -> sp.csr_matrix:
+    """Steps 2-3: binary CSR [N, N] of the expanded k-reciprocal set of every point."""
+    n = rank.shape[0]
+    r1 = reciprocal_sets(rank, k1)
+    rh = reciprocal_sets(rank, int(np.around(k1 / 2)))
+    i_idx = np.repeat(np.arange(n), np.diff(r1.indptr))  # pairs (i, c), c in R(i, k1)
+    c_idx = r1.indices.astype(np.int64)
+    half_size = np.diff(rh.indptr)[c_idx]
+    members = rh.indices[_ranges(rh.indptr[c_idx], half_size)].astype(np.int64)  # j in R(c, k1/2)
+    pair = np.repeat(np.arange(len(c_idx)), half_size)
+    r1_keys = i_idx * n + c_idx  # sorted: CSR with sorted indices
+    keys = i_idx[pair] * n + members
+    pos = np.minimum(np.searchsorted(r1_keys, keys), len(r1_keys) - 1)
+    inside = r1_keys[pos] == keys
+    overlap = np.bincount(pair, weights=inside, minlength=len(c_idx))
+    accepted = overlap > 2 / 3 * half_size  # same float comparison as the reference
+    extra = np.repeat(accepted, half_size)
+    rows = np.concatenate([i_idx, i_idx[pair[extra]]])
+    cols = np.concatenate([c_idx, members[extra]])
+    return _pattern(rows, cols, n)
+
+
+def _pair_similarities(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray,
+                       rank: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each (rows, cols) pair: looked up in the kNN lists, else computed."""
+    n = rank.shape[0]
+    knn_keys = (np.arange(n)[:, None] * n + rank).ravel()
+    order = np.argsort(knn_keys, kind="stable")
+    knn_keys, knn_sims = knn_keys[order], sims.ravel()[order]
+    keys = rows.astype(np.int64) * n + cols
+    pos = np.minimum(np.searchsorted(knn_keys, keys), len(knn_keys) - 1)
+    found = knn_keys[pos] == keys
+    out = np.where(found, knn_sims[pos], 0.0).astype(np.float64)
+    missing = np.flatnonzero(~found)
+    step = max(1, (1 << 26) // max(1, x.shape[1]))
+    with torch.no_grad():
+        for a in range(0, len(missing), step):
+            m = missing[a:a + step]
+            r = torch.as_tensor(rows[m], device=x.device)
+            c = torch.as_tensor(cols[m], device=x.device)
+            out[m] = (x[r] * x[c]).sum(1).cpu().numpy()
+    return out
+
+
+def k_reciprocal_encoding(
+    x: torch.Tensor,
+    rank: np.ndarray,
+    sims: np.ndarray,
+    k1: int,
+    k2: int,
+    row_scale: np.ndarray | None = None,
+) -> sp.csr_matrix:
+    """Steps 2-5: the sparse k-reciprocal feature ``V`` [N, N] (float64, rows sum to 1).
+
+    Args:
+        x: [N, D] unit-norm features (for similarities missing from the kNN lists).
+        rank, sims: [N, L] kNN indices and similarities, best first.
+        k1, k2: reciprocal-set size and query-expansion size.
+        row_scale: [N] optional divisor of the squared distance ``2 - 2 cos`` in the weights of
+            row i (the re-ranking of Zhong et al. divides by the row's largest distance).
+    """
+    n = rank.shape[0]
+    e = _expanded_sets(rank, k1)
+    rows = np.repeat(np.arange(n), np.diff(e.indptr))
+    cos = _pair_similarities(x, rows, e.indices.astype(np.int64), rank, sims)
+    logits = -(2.0 - 2.0 * cos)
+    if row_scale is not None:
+        logits = logits / np.asarray(row_scale, np.float64)[rows]
+    row_max = np.full(n, -np.inf)
+    np.maximum.at(row_max, rows, logits)
+    w = np.exp(logits - row_max[rows])  # softmax per row, shifted for stability
+    w /= np.bincount(rows, weights=w, minlength=n)[rows]
+    v = sp.csr_matrix((w, e.indices, e.indptr), shape=(n, n))
+    if k2 != 1:
+        length = min(k2, rank.shape[1])
+        qe = _rank_prefix(rank, length) / float(length)
+        v = (qe @ v).tocsr()
+    v.sort_indices()
+    return v
+
+
+def min_overlap(a: sp.csr_matrix, b: sp.csr_matrix | None = None) -> sp.csr_matrix:
+    """``m[r, c] = sum_l min(a[r, l], b[c, l])`` for every pair sharing a column (CSR [R, C]).
+
+    With ``b=None`` (``b = a``) only pairs ``c > r`` are computed (the matrix is symmetric) and
+    the strictly upper triangle is returned. Work and memory grow with the number of pairs that
+    share a column, never with R x C.
+    """
+    upper = b is None
+    b = a if upper else b
+    a = a.tocsr()
+    a.sort_indices()
+    bc = b.tocsc()
+    bc.sort_indices()
+    n_rows, n_cols = a.shape[0], b.shape[0]
+    col = a.indices.astype(np.int64)
+    if upper:
+        # position of every entry of `a` inside the CSC layout of the same matrix
+        ids = sp.csr_matrix((np.arange(1, a.nnz + 1, dtype=np.float64), a.indices, a.indptr), shape=a.shape)
+        csc_pos = np.empty(a.nnz, np.int64)
+        csc_pos[ids.tocsc().data.astype(np.int64) - 1] = np.arange(a.nnz)
+        starts = csc_pos + 1
+        counts = bc.indptr[col + 1] - starts
+    else:
+        starts = bc.indptr[col]
+        counts = bc.indptr[col + 1] - starts
+    row_of = np.repeat(np.arange(n_rows), np.diff(a.indptr))
+    pairs_per_row = np.bincount(row_of, weights=counts, minlength=n_rows)
+    blocks = []
+    r0 = 0
+    cum = np.cumsum(pairs_per_row)
+    while r0 < n_rows:
+        done = cum[r0 - 1] if r0 else 0
+        r1 = max(r0 + 1, int(np.searchsorted(cum, done + PAIR_BUDGET, side="right")))
+        r1 = min(r1, n_rows)
+        e0, e1 = a.indptr[r0], a.indptr[r1]
+        cnt = counts[e0:e1]
+        src = np.repeat(np.arange(e0, e1), cnt)
+        other = _ranges(starts[e0:e1], cnt)
+        vals = np.minimum(a.data[src], bc.data[other])
+        block = sp.csr_matrix((vals, (row_of[src] - r0, bc.indices[other])), shape=(r1 - r0, n_cols))
+        block.sum_duplicates()
+        blocks.append(block)
+        r0 = r1
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((n_rows, n_cols))
+
+
+def overlap_to_distance(m: np.ndarray) -> np.ndarray:
+    """Jaccard distance ``1 - m / (2 - m)`` of overlaps ``m``, clamped at 0."""
+    return np.maximum(1.0 - m / (2.0 - m), 0.0)
+
+
+def jaccard_distance(
+    features: torch.Tensor | np.ndarray,
+    k1: int = 30,
+    k2: int = 6,
+    *,
+    knn: str = "auto",
+) -> sp.csr_matrix:
+    """Sparse k-reciprocal Jaccard distance of ``features`` [N, D] (CPU or CUDA, numpy or torch).
+
+    Returns a float32 ``scipy.sparse.csr_matrix`` [N, N] with an explicit entry for every pair
+    whose distance is below 1 (absent entries mean 1) and an explicit 0 on the diagonal (a point is
+    its own neighbour, also in the degenerate case where its row of ``V`` is empty). Non-normalised
+    features are L2-normalised; NaN/inf raise ``ValueError``. ``k1`` larger than N is clamped to N
+    (every ranking then holds all points); ``k2`` is clamped to the ranking length.
+    """
+    for name, value in (("k1", k1), ("k2", k2)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    start = time.perf_counter()
+    x = as_unit_features(features)
+    n = x.shape[0]
+    sims, rank = knn_search(x, min(k1, n), backend=knn)
+    t_knn = time.perf_counter() - start
+    v = k_reciprocal_encoding(x, rank, sims, k1, k2)
+    upper = min_overlap(v)
+    m = upper + upper.T + sp.identity(n, format="csr")  # m(i, i) := 1, i.e. d(i, i) = 0
+    m = m.tocsr()
+    m.sort_indices()
+    dist = overlap_to_distance(m.data).astype(np.float32)
+    keep = dist < 1  # an overlap too small to move a float32 below 1 means "not a neighbour"
+    rows = np.repeat(np.arange(n), np.diff(m.indptr))[keep]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    graph = sp.csr_matrix((dist[keep], m.indices[keep], indptr), shape=(n, n))
+    log.info("Jaccard distance: N=%d, %d stored pairs (%.1f per row), kNN %.2fs, total %.2fs",
+             n, graph.nnz, graph.nnz / n, t_knn, time.perf_counter() - start)
+    return graph

@@ -1,0 +1,216 @@
+"""Exact inner-product k-nearest-neighbour search (faiss or blocked GEMM + top-k).
+
+Tie order (identical on every backend): neighbours are sorted by decreasing similarity; among
+equal similarities the point itself comes first (self-search only), then the lower index. Each
+backend first keeps the ``k + 1`` best candidates per row; a row whose k-th and (k+1)-th
+similarities are equal (a tie across the cut, e.g. duplicate features) is recomputed exactly
+against every base point, so which of several tied points are kept never depends on the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "faiss", "torch"]
+BACKENDS = ("auto", "faiss", "torch")
+_NORM_TOL = 1e-3
+
+
+def as_unit_features(features: torch.Tensor | np.ndarray, name: str = "features") -> torch.Tensor:
+    """Validate ``features`` [N, D] and return them as a float32 tensor with unit-norm rows.
+
+    The device of a tensor input is kept. Rows whose norm differs from 1 by more than 1e-3 are
+    L2-normalised (logged once). Raises ``ValueError`` naming ``name`` for a wrong shape,
+    NaN/inf values, or an all-zero row (which has no direction).
+    """
+    x = torch.as_tensor(features)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a non-empty [N, D] array, got shape {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name}: expected a float array, got dtype {x.dtype}")
+    x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or inf values")
+    norms = x.norm(dim=1)
+    if bool((norms == 0).any()):
+        raise ValueError(f"{name}: row {int(torch.nonzero(norms == 0)[0])} is all zeros; cannot normalise")
+    if bool(((norms - 1).abs() > _NORM_TOL).any()):
+        log.info("%s are not L2-normalised; normalising rows", name)
+        x = x / norms[:, None]
+    return x.contiguous()
+
+
+def _faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """Map ``auto`` to ``faiss`` when faiss imports, else ``torch``; validate the name."""
+    if backend not in BACKENDS:
+        raise ValueError(f"knn backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "faiss" if _faiss_available() else "torch"
+        log.info("kNN backend: %s (auto%s)", backend, "" if backend == "faiss" else ", faiss not importable")
+    elif backend == "faiss" and not _faiss_available():
+        raise ValueError("knn backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
+    return backend
+
+
+def _matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` [A, B]; on CPU through numpy's BLAS, measured faster than torch's CPU matmul here."""
+    if a.device.type == "cpu":
+        return torch.from_numpy(a.numpy() @ b.numpy().T)
+    return a @ b.T
+
+
+def _merge_topk(vals: torch.Tensor, idx: torch.Tensor, new_vals: torch.Tensor, new_idx: torch.Tensor, m: int):
+    """Keep the ``m`` largest of two candidate lists per row ([R, *] each)."""
+    v = torch.cat([vals, new_vals], dim=1)
+    i = torch.cat([idx, new_idx], dim=1)
+    v, order = torch.topk(v, min(m, v.shape[1]), dim=1)
+    return v, torch.gather(i, 1, order)
+
+
+def _torch_candidates(x: torch.Tensor, base: torch.Tensor | None, m: int, block: int):
+    """The ``m`` most similar base rows of each row of ``x`` by blocked exact GEMM.
+
+    Self-search (``base is None``) computes only the blocks on and above the diagonal of the
+    symmetric similarity matrix and uses each off-diagonal block for both its rows and columns.
+    Returns (sims [N, m], idx [N, m]) unsorted, on ``x``'s device.
+    """
+    n = x.shape[0]
+    y = x if base is None else base
+    row_starts = range(0, n, block)
+    empty = lambda s, dtype: torch.empty((min(block, n - s), 0), dtype=dtype, device=x.device)  # noqa: E731
+    cand = {s: (empty(s, torch.float32), empty(s, torch.int64)) for s in row_starts}  # running best per block
+    for s in row_starts:
+        xs = x[s:s + block]
+        for t in range(0, y.shape[0], block):
+            if base is None and t < s:
+                continue  # already used as the transpose of block (t, s)
+            sims = _matmul_t(xs, y[t:t + block])
+            kk = min(m, sims.shape[1])
+            bv, bi = torch.topk(sims, kk, dim=1)
+            cand[s] = _merge_topk(*cand[s], bv, bi + t, m)
+            if base is None and t > s:
+                kk = min(m, sims.shape[0])
+                cv, ci = torch.topk(sims.T, kk, dim=1)
+                cand[t] = _merge_topk(*cand[t], cv, ci + s, m)
+    vals = torch.cat([cand[s][0] for s in row_starts])
+    idx = torch.cat([cand[s][1] for s in row_starts])
+    return vals, idx
+
+
+def _faiss_candidates(x: torch.Tensor, base: torch.Tensor | None, m: int):
+    """The ``m`` best base rows by faiss ``IndexFlatIP`` (a GPU index for CUDA inputs when available)."""
+    import faiss
+
+    y = x if base is None else base
+    yn = y.detach().cpu().numpy()
+    index = faiss.IndexFlatIP(yn.shape[1])
+    if x.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), x.device.index or 0, index)
+    index.add(yn)
+    sims, idx = index.search(x.detach().cpu().numpy(), min(m, yn.shape[0]))
+    return torch.from_numpy(sims), torch.from_numpy(idx.astype(np.int64))
+
+
+def _sort_rows(sims: np.ndarray, idx: np.ndarray, self_search: bool) -> np.ndarray:
+    """Row-wise order: decreasing similarity, then self first (self-search), then lower index."""
+    n = sims.shape[0]
+    not_self = idx != np.arange(n)[:, None] if self_search else np.zeros_like(idx, dtype=bool)
+    # lexsort sorts by the last key first; offset rows so one flat sort orders every row.
+    row = np.repeat(np.arange(n), sims.shape[1])
+    order = np.lexsort((idx.ravel(), not_self.ravel(), -sims.ravel(), row))
+    return order.reshape(sims.shape) - (np.arange(n) * sims.shape[1])[:, None]
+
+
+def _exact_rows(x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, k: int, self_search: bool):
+    """Exact top-``k`` with the documented tie order for a few ``rows``: one full row each."""
+    out_s = np.empty((len(rows), k), np.float32)
+    out_i = np.empty((len(rows), k), np.int64)
+    step = max(1, 2**24 // y.shape[0])
+    cols = np.arange(y.shape[0])
+    for a in range(0, len(rows), step):
+        r = rows[a:a + step]
+        sims = _matmul_t(x[torch.as_tensor(r, device=x.device)], y).cpu().numpy()
+        not_self = (cols[None, :] == r[:, None]) if self_search else np.zeros(sims.shape, bool)
+        for b in range(len(r)):  # only rows with a tie across the k-th place; rare
+            order = np.lexsort((cols, ~not_self[b], -sims[b]))[:k]
+            out_s[a + b], out_i[a + b] = sims[b, order], order
+    return out_s, out_i
+
+
+def knn_search(
+    features: torch.Tensor | np.ndarray,
+    k: int,
+    *,
+    base: torch.Tensor | np.ndarray | None = None,
+    backend: Backend = "auto",
+    exclude_self: bool = False,
+    block_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product kNN.
+
+    Args:
+        features: [N, D] query features (L2-normalised by :func:`as_unit_features` if needed);
+            a CUDA tensor is searched on its device.
+        k: neighbours per row; clamped to the number of base points (minus one with
+            ``exclude_self``).
+        base: [M, D] points to search in; ``None`` searches ``features`` in itself.
+        backend: ``"faiss"`` (IndexFlatIP), ``"torch"`` (blocked exact GEMM + top-k; numpy BLAS on
+            CPU) or ``"auto"`` (faiss when importable, else torch; the choice is logged).
+        exclude_self: self-search only: drop each point from its own list.
+        block_size: rows per GEMM block of the torch backend.
+
+    Returns:
+        sims [N, k'] float32 (decreasing per row) and idx [N, k'] int64 into the base, as numpy
+        arrays, with the tie order documented in this module.
+    """
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k: expected a positive integer, got {k!r}")
+    if exclude_self and base is not None:
+        raise ValueError("exclude_self: only valid for self-search (base=None)")
+    x = as_unit_features(features)
+    y = None if base is None else as_unit_features(base, "base").to(x.device)
+    if y is not None and y.shape[1] != x.shape[1]:
+        raise ValueError(f"base: expected dimension {x.shape[1]}, got {y.shape[1]}")
+    n_base = x.shape[0] if y is None else y.shape[0]
+    self_search = y is None
+    k = int(min(k, n_base - 1 if exclude_self else n_base))
+    if k < 1:
+        n = x.shape[0]
+        return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+    want = k + int(exclude_self)  # self is removed afterwards
+    m = min(want + 1, n_base)  # one extra to detect a tie across the cut
+    if resolve_backend(backend) == "faiss":
+        sims, idx = _faiss_candidates(x, y, m)
+    else:
+        with torch.no_grad():
+            sims, idx = _torch_candidates(x, y, m, block_size)
+    sims, idx = sims.cpu().numpy().astype(np.float32), idx.cpu().numpy()
+    order = _sort_rows(sims, idx, self_search)
+    sims, idx = np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
+    if m > want:
+        tied = np.flatnonzero(sims[:, want - 1] == sims[:, want])
+        if len(tied):
+            ts, ti = _exact_rows(x, x if y is None else y, tied, want, self_search)
+            sims[tied, :want], idx[tied, :want] = ts, ti
+    sims, idx = sims[:, :want], idx[:, :want]
+    if exclude_self:
+        is_self = idx == np.arange(len(idx))[:, None]
+        is_self[~is_self.any(1), -1] = True  # self not in the list: drop the last entry
+        keep = ~is_self
+        sims = sims[keep].reshape(len(idx), k)
+        idx = idx[keep].reshape(len(idx), k)
+    return np.ascontiguousarray(sims), np.ascontiguousarray(idx)

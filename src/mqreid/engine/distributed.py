@@ -1,0 +1,122 @@
+"""The one place that knows about ranks: process-group setup, gathers and broadcasts.
+
+Every step that touches "all features" (extraction, clustering, memory updates) goes through these
+helpers, which are no-ops in a single process. Launch with ``torchrun``: it sets RANK, WORLD_SIZE and
+LOCAL_RANK; the backend is NCCL on CUDA and gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks cuda:<local_rank> when CUDA is available, else cpu; other names are used as given."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(device_name: str = "auto", timeout_min: int = 60) -> tuple[DistEnv, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); return the env and this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    env = DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name, env.local_rank)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_min))
+    return env, device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` [n_r, ...] from every rank along dim 0, in rank order (sizes may differ)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    world = dist.get_world_size()
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    out = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded.contiguous())
+    return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Send ``tensor`` from rank ``src`` to all ranks (in place; shapes must match on every rank)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(tensor, src)
+    return tensor
+
+
+def broadcast_object(obj, src: int = 0):
+    """Send a picklable object from ``src`` to every rank and return it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def all_reduce_mean_(tensors) -> None:
+    """Average tensors (e.g. the gradient of a parameter outside DDP) across ranks, in place."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for t in tensors:
+        dist.all_reduce(t)
+        t.div_(dist.get_world_size())
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shared_run_dir(local_dir: str) -> str:
+    """Rank 0's run directory, on every rank.
+
+    Under torchrun each process composes its own Hydra config, and a timestamped output directory can
+    differ by a second between ranks; rank 0's choice wins and the other ranks' own directories are removed.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local_dir
+    shared = broadcast_object(local_dir)
+    if shared != local_dir:
+        import shutil
+
+        shutil.rmtree(local_dir, ignore_errors=True)
+    return shared

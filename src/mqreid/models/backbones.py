@@ -1,0 +1,126 @@
+"""Convolutional trunks: torchvision ResNets (with IBN-a option) and a small CNN for CPU runs.
+
+Every builder returns ``(trunk, out_channels)`` where ``trunk`` maps images [B, 3, H, W] to a
+feature map [B, C, h, w].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+log = logging.getLogger(__name__)
+
+_TORCHVISION_WEIGHTS = {
+    "resnet18": resnet.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet50": resnet.ResNet50_Weights.IMAGENET1K_V1,
+}
+ARCHS = ("resnet18", "resnet50", "resnet50_ibn", "small_cnn")
+
+
+class IBN(nn.Module):
+    """Instance-Batch Normalisation (Pan et al., ECCV 2018): half the channels InstanceNorm, half BatchNorm.
+
+    torchvision has no IBN-Net, and the module is a few lines, so it is written here.
+    """
+
+    def __init__(self, planes: int, ratio: float = 0.5) -> None:
+        super().__init__()
+        self.half = int(planes * ratio)
+        self.IN = nn.InstanceNorm2d(self.half, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.half)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        return torch.cat([self.IN(a.contiguous()), self.BN(b.contiguous())], dim=1)
+
+
+def _to_ibn_a(net: resnet.ResNet) -> None:
+    """Turn a torchvision ResNet-50 into ResNet-50-IBN-a: IBN replaces bn1 of the bottlenecks of layers 1-3."""
+    for layer in (net.layer1, net.layer2, net.layer3):
+        for block in layer:
+            block.bn1 = IBN(block.bn1.num_features)
+
+
+class SmallCNN(nn.Module):
+    """Four stages of two conv-BN-ReLU (32-256 channels, ~1.2 M parameters): fast enough to train on a CPU."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, w in enumerate(widths):
+            stride = 1 if i == len(widths) - 1 else 2
+            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(w),
+                       nn.ReLU(inplace=True)]
+            cin = w
+        self.body = nn.Sequential(*layers)
+        self.out_channels = cin
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def load_pretrained(arch: str, pretrained: bool | str) -> dict[str, torch.Tensor] | None:
+    """ImageNet weights for ``arch``: ``True`` uses torchvision's cache (downloading when online),
+    a path loads that file (safely, ``weights_only=True``), ``False`` returns None."""
+    if pretrained is False or pretrained is None:
+        return None
+    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained).lower() not in ("true", "imagenet"):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone.pretrained: weight file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+    if arch not in _TORCHVISION_WEIGHTS:
+        raise ValueError(
+            f"backbone.pretrained=true: torchvision ships no ImageNet weights for {arch!r}; "
+            f"set backbone.pretrained to the path of a weight file (e.g. resnet50_ibn_a-d9d0bb7b.pth) or false"
+        )
+    weights = _TORCHVISION_WEIGHTS[arch]
+    try:
+        return weights.get_state_dict(progress=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise RuntimeError(
+            f"cannot download ImageNet weights for {arch} ({err}). Offline? Put the file {weights.url} at "
+            f"{target}, or set backbone.pretrained=/path/to/weights.pth, or backbone.pretrained=false"
+        ) from err
+
+
+def build_trunk(arch: str, *, pretrained: bool | str = False, last_stride: int = 1) -> tuple[nn.Module, int]:
+    """Build a trunk by name (one of :data:`ARCHS`)."""
+    if arch == "small_cnn":
+        net = SmallCNN()
+        if pretrained:
+            raise ValueError("backbone.pretrained: small_cnn has no pretrained weights; set it to false")
+        return net, net.out_channels
+    if arch not in ARCHS:
+        raise ValueError(f"backbone.arch={arch!r} is unknown; valid choices: {', '.join(ARCHS)}")
+    net = getattr(resnet, arch.removesuffix("_ibn"))(weights=None)
+    if arch.endswith("_ibn"):
+        _to_ibn_a(net)
+    state = load_pretrained(arch, pretrained)
+    if state is not None:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing:
+            raise RuntimeError(f"backbone.pretrained: the weights lack {len(missing)} {arch} tensors, e.g. {missing[:3]}")
+        log.info("loaded ImageNet weights for %s (%d unused keys)", arch, len(unexpected))
+    if last_stride == 1:  # Cluster Contrast's trick: keep a 2x larger final map for re-ID
+        block = net.layer4[0]
+        # torchvision puts the stride on conv1 of a BasicBlock and on conv2 of a Bottleneck
+        strided = block.conv1 if isinstance(block, resnet.BasicBlock) else block.conv2
+        strided.stride = (1, 1)
+        block.downsample[0].stride = (1, 1)
+    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    return trunk, net.fc.in_features
