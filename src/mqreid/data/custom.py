@@ -1,0 +1,124 @@
+"""Your own data, as a Market-style folder or as a CSV file.
+
+Folder (``Custom(root)``): ``root/{bounding_box_train,query,bounding_box_test}/`` with names like
+``0001_c1_anything.jpg`` (pid 0001, camera 1, 1-based). Training ids may be unknown: an image of
+``bounding_box_train/`` whose name does not follow the pattern (or whose pid is -1) gets pid -1 and
+camera 0. Query and gallery names must follow the pattern; there pid -1 is junk (dropped) and pid 0
+a distractor (gallery only), as in Market-1501.
+
+CSV (``Custom(root, csv="list.csv")``; a relative ``csv`` is resolved against ``root``): header
+``path,pid,camid,split``; ``split`` is ``train``, ``query`` or ``gallery``; ``camid`` is 0-based; relative
+paths are resolved against the CSV's folder; ``pid`` may be empty or -1 (unknown) in train only.
+
+Validation: query and gallery carry known pids, and after the Market protocol's exclusion (a gallery
+image of the query's own pid *and* camera is not a valid match) at least one query keeps a correct
+match in the gallery; without it every query is skipped by the evaluation and mAP is nan.
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from .base import DatasetError, ImageItem, ReIDDataset, list_images, parse_folder, relabel, require_dir
+from .market1501 import SPLIT_FOLDERS, market_layout_hint, require_nonempty
+
+log = logging.getLogger(__name__)
+
+PATTERN = re.compile(r"^([-\d]+)_c(\d+)")
+
+CSV_COLUMNS = ("path", "pid", "camid", "split")
+SPLITS = ("train", "query", "gallery")
+
+
+def count_matchable_queries(query: list[ImageItem], gallery: list[ImageItem]) -> int:
+    """Number of queries with at least one gallery image of the same pid from another camera."""
+    cams_of_pid: dict[int, set[int]] = defaultdict(set)
+    for it in gallery:
+        cams_of_pid[it.pid].add(it.camid)
+    return sum(bool(cams_of_pid.get(q.pid, set()) - {q.camid}) for q in query)
+
+
+def parse_train_folder(folder: Path, layout_hint: str) -> list[ImageItem]:
+    """Training images: pid and camera from the name when it follows the pattern, else unknown (-1, 0)."""
+    items = []
+    for path in list_images(require_dir(folder, layout_hint)):
+        m = PATTERN.match(path.name)
+        pid, camid = (int(m.group(1)), int(m.group(2)) - 1) if m else (-1, 0)
+        items.append(ImageItem(str(path.resolve()), max(pid, -1), camid))
+    return require_nonempty(items, folder, layout_hint)
+
+
+def parse_csv(csv_file: Path) -> dict[str, list[ImageItem]]:
+    """Read ``path,pid,camid,split`` rows into one item list per split."""
+    if not csv_file.is_file():
+        raise DatasetError(f"missing CSV file {csv_file}; expected header {','.join(CSV_COLUMNS)}")
+    splits: dict[str, list[ImageItem]] = {s: [] for s in SPLITS}
+    with csv_file.open(newline="") as f:
+        reader = csv_module.DictReader(f)
+        if reader.fieldnames is None or set(CSV_COLUMNS) - set(reader.fieldnames):
+            raise DatasetError(f"{csv_file}: header is {reader.fieldnames}, expected columns {','.join(CSV_COLUMNS)}")
+        for row in reader:
+            where = f"{csv_file}, line {reader.line_num}"
+            split = (row["split"] or "").strip()
+            if split not in SPLITS:
+                raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+            pid_text = (row["pid"] or "").strip()
+            try:
+                pid = int(pid_text) if pid_text else -1
+                camid = int((row["camid"] or "").strip())
+            except ValueError:
+                msg = f"{where}: pid {row['pid']!r} / camid {row['camid']!r} are not integers"
+                raise DatasetError(msg) from None
+            if pid < -1 or camid < 0:
+                raise DatasetError(f"{where}: expected pid >= -1 and a 0-based camid >= 0, got {pid}, {camid}")
+            if pid < 0 and split != "train":
+                raise DatasetError(
+                    f"{where}: {split} images need a known pid (>= 0); only train pids may be empty or -1"
+                )
+            path = Path((row["path"] or "").strip()).expanduser()
+            path = path if path.is_absolute() else csv_file.parent / path
+            if not path.is_file():
+                raise DatasetError(f"{where}: image {path} does not exist")
+            splits[split].append(ImageItem(str(path.resolve()), pid, camid))
+    for split, items in splits.items():
+        require_nonempty(items, csv_file, f"at least one row with split={split}")
+    return splits
+
+
+class Custom(ReIDDataset):
+    """A user dataset from a Market-style folder at ``root`` or from ``csv`` (see the module docstring)."""
+
+    name = "custom"
+
+    def __init__(self, root: str | Path, csv: str | Path | None = None, verbose: bool = True) -> None:
+        root = Path(root).expanduser()
+        if csv is not None:
+            csv_file = Path(csv).expanduser()
+            csv_file = csv_file if csv_file.is_absolute() else root / csv_file
+            splits = parse_csv(csv_file)
+            train, query, gallery, source = splits["train"], splits["query"], splits["gallery"], csv_file
+        else:
+            hint = market_layout_hint(root, "0001_c1_anything.jpg (unlabelled training names allowed)")
+            require_dir(root, hint)
+            train = parse_train_folder(root / SPLIT_FOLDERS["train"], hint)
+            query, gallery = (
+                require_nonempty(parse_folder(folder, PATTERN, layout_hint=hint), folder, hint)
+                for folder in (root / SPLIT_FOLDERS["query"], root / SPLIT_FOLDERS["gallery"])
+            )
+            source = root
+        matchable = count_matchable_queries(query, gallery)
+        if matchable == 0:
+            raise DatasetError(
+                f"{source}: no query has a valid match in the gallery. A match needs the query's pid in the "
+                "gallery from a different camera (same-pid, same-camera gallery images are excluded by the "
+                "Market protocol), so every query would be skipped and mAP would be nan. Check the pids, "
+                "give queries and gallery images of the same pid different camids, or add such gallery images."
+            )
+        if matchable < len(query):
+            log.warning("%s: %d of %d queries have no valid gallery match and will be skipped by the evaluation",
+                        source, len(query) - matchable, len(query))
+        super().__init__(relabel(train), query, gallery, root=source, verbose=verbose)

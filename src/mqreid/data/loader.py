@@ -1,0 +1,132 @@
+"""Image dataset and the train (PK-sampled, pseudo-labelled) and test (sequential, sharded) loaders."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .base import DatasetError, ImageItem
+from .sampler import PKSampler
+
+
+class ImageReadError(DatasetError, OSError):
+    """An image file could not be read or decoded."""
+
+
+class ImageDataset(Dataset):
+    """Items (path, pid, camid) -> ``(image, pid, camid, index)``; the image is read with PIL as RGB.
+
+    ``indices`` ([len(items)], default 0..len-1) is the index returned for each item, e.g. its position
+    in a larger list that this dataset is a subset or shard of.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[ImageItem | tuple[str, int, int]],
+        transform: Callable | None = None,
+        *,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        self.items = [ImageItem(str(p), int(pid), int(cam)) for p, pid, cam in items]
+        self.transform = transform
+        self.indices = list(range(len(self.items))) if indices is None else [int(i) for i in indices]
+        if len(self.indices) != len(self.items):
+            raise ValueError(f"indices has {len(self.indices)} entries for {len(self.items)} items")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, pid, camid = self.items[i]
+        try:
+            with Image.open(path) as img:
+                image = img.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ImageReadError(f"cannot read image {path}: {e}") from e
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, pid, camid, self.indices[i]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python's and NumPy's RNGs of a loader worker from its torch seed (set by the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_train_loader(
+    items: Sequence[ImageItem | tuple[str, int, int]],
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    *,
+    transform: Callable,
+    batch_size: int,
+    num_instances: int,
+    iters: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """PK-sampled loader over the pseudo-labelled items, yielding exactly ``iters`` batches per epoch.
+
+    Args:
+        items: [N] the full training list.
+        labels: [N] pseudo label of each item (-1 = outlier, left out).
+        batch_size: global batch size; each rank's batches hold batch_size // world_size images.
+
+    Batches are ``(images [B/W, 3, H, W], pseudo labels [B/W], camids [B/W], indices into items [B/W])``.
+    For a new random stream per epoch call ``loader.sampler.set_epoch(epoch)`` (or vary ``seed``). The
+    worker seeds derive from ``seed`` and ``rank``; with ``num_workers=0`` the transforms draw from
+    torch's global RNG, which the caller seeds.
+    """
+    labels_arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
+    if len(labels_arr) != len(items):
+        raise ValueError(f"labels has {len(labels_arr)} entries for {len(items)} items")
+    keep = np.flatnonzero(labels_arr >= 0)
+    if len(keep) == 0:
+        raise ValueError("every item is an outlier (label -1): nothing to train on")
+    kept = [ImageItem(str(items[i][0]), int(labels_arr[i]), int(items[i][2])) for i in keep]
+    dataset = ImageDataset(kept, transform, indices=keep.tolist())
+    sampler = PKSampler(
+        [it.pid for it in kept], [it.camid for it in kept], batch_size, num_instances, iters,
+        seed=seed, rank=rank, world_size=world_size,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size // world_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(seed * world_size + rank),
+    )
+
+
+def build_test_loader(
+    items: Sequence[ImageItem | tuple[str, int, int]],
+    *,
+    transform: Callable,
+    batch_size: int,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """Sequential loader; with ``world_size`` > 1 rank r reads the contiguous block r of ``items``.
+
+    Blocks are ``items[r * N // W : (r + 1) * N // W]``, so concatenating the ranks' outputs in rank order
+    restores the order of ``items``; the index field is the global index into ``items`` either way.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world size {world_size}), got {rank}")
+    n = len(items)
+    start, stop = rank * n // world_size, (rank + 1) * n // world_size
+    dataset = ImageDataset(items[start:stop], transform, indices=range(start, stop))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

@@ -1,0 +1,549 @@
+"""Synthetic: a procedural pedestrian re-ID benchmark written in the Market-1501 layout.
+
+No download: on first use the images are rendered into ``<root>/synthetic/<parameters>/`` and reused
+afterwards. Each identity has a persistent appearance (clothing colours and patterns, sleeve and lower
+garment type, body shape, skin, hair, hat, bag, backpack); each camera has its own nuisance model that a
+standard colour jitter does not invert: per-channel white balance and gamma, a hue rotation, a
+saturation change, lifted blacks / compressed whites, its own background scene, preferred viewpoints
+(front / back / side, which changes what is visible: a logo only from the front, a backpack as straps
+from the front), person scale and position, blur, resolution loss and sensor noise. Images also vary
+per frame (walking phase, mirroring, position, lighting, partial occlusion).
+
+Statistics with the defaults (seed 0): 120 train ids (~1,650 images), 100 test ids (~300 query,
+~1,100 gallery) plus 100 distractor images, 6 cameras, 128x64 pixels.
+
+File names follow Market-1501: ``PPPP_cCsS_FFFFFF_BB.jpg`` (pid, 1-based camera, sequence, frame, box).
+Distractors in the gallery have pid 0 (as in Market-1501; they match no query); there is no junk (-1).
+Each test identity is seen by >= 2 cameras with >= 2 images each; the first image per camera is a query,
+the rest go to the gallery, so every query has a gallery match on another camera.
+
+Rendering is deterministic: every image draws from its own ``numpy.random.Generator`` seeded by
+(seed, pid, camera, frame), so the bytes do not depend on generation order.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .base import ReIDDataset, parse_folder, relabel
+
+_VERSION = 1  # bump whenever the rendering changes, so cached folders are not reused by mistake
+_PATTERN = re.compile(r"([-\d]+)_c(\d)")
+_LAYOUT = "synthetic/<params>/{bounding_box_train,query,bounding_box_test}/PPPP_cCsS_FFFFFF_BB.jpg"
+_JPEG_QUALITY = 90
+_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR = range(5)
+
+# part labels of the 2x-supersampled label map
+BG, SKIN, HAIR, UPPER, LOWER, SHOES, BAG, BACKPACK, HAT, LOGO, STRAP, OCCLUDER = range(12)
+FRONT, BACK, SIDE = range(3)
+
+_CLOTH = np.array([  # RGB in [0, 1]: black, charcoal, grey, white, navy, blue, denim, red, maroon, green,
+    [.07, .07, .08], [.22, .22, .24], [.5, .5, .5], [.9, .9, .88], [.1, .13, .3], [.2, .35, .7],
+    [.3, .4, .55], [.7, .12, .12], [.4, .1, .12], [.15, .4, .2], [.4, .4, .2], [.7, .62, .45],
+    [.4, .27, .15], [.9, .55, .65], [.9, .8, .2], [.4, .2, .5], [.9, .5, .15], [.1, .5, .5],
+    [.85, .78, .65],  # olive, khaki, brown, pink, yellow, purple, orange, teal, beige
+])
+_UPPER_W = np.array([8, 5, 6, 7, 4, 4, 2, 3, 2, 2, 2, 2, 2, 2, 1.5, 1.5, 1, 1.5, 2])
+_LOWER_W = np.array([10, 5, 5, 1.5, 6, 2, 8, .5, .5, 1, 2, 4, 2, .5, .3, .3, .2, .3, 2])
+_HAIR = np.array([[.05, .04, .04], [.2, .12, .07], [.4, .26, .14], [.8, .68, .4], [.6, .6, .6], [.45, .18, .08]])
+_HAIR_W = np.array([6, 5, 3, 1.5, 1, 1])
+_SHOES = np.array([[.06, .06, .06], [.9, .9, .9], [.35, .22, .12], [.45, .45, .48]])
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """Persistent appearance of one person (colours are RGB in [0, 1])."""
+
+    height: float  # fraction of the camera's person height
+    width: float  # body width factor
+    skin: np.ndarray
+    hair: np.ndarray
+    long_hair: bool
+    upper: np.ndarray
+    upper_second: np.ndarray
+    upper_pattern: str  # plain | hstripes | vstripes | checks | logo
+    period: float  # pattern period, fraction of the person height
+    upper_len: float  # hem height, fraction of the person height
+    long_sleeves: bool
+    lower: np.ndarray
+    lower_kind: str  # trousers | shorts | skirt
+    lower_checks: bool
+    shoes: np.ndarray
+    hat: np.ndarray | None
+    backpack: np.ndarray | None
+    bag: np.ndarray | None
+    bag_side: int  # -1 left, +1 right
+    logo_shape: int
+
+
+@dataclass(frozen=True)
+class _Camera:
+    """Nuisance model of one camera."""
+
+    colour_matrix: np.ndarray  # [3, 3] white balance, saturation and hue rotation, applied to RGB rows
+    gamma: np.ndarray  # [3] per-channel tone curve exponent
+    black: float
+    white: float
+    light_dir: np.ndarray  # [2] lighting gradient (x, y)
+    noise: float  # sensor noise std on the [0, 1] scale
+    blur: float  # Gaussian blur radius in output pixels
+    resolution: float  # downscale factor before upscaling back (1 = no loss)
+    scale: float  # person height / image height
+    foot: float  # feet row / image height
+    view_p: np.ndarray  # [3] probabilities of front / back / side views
+    background: np.ndarray  # [bh, bw, 3] scene at 2x resolution, cropped per image
+    clutter: np.ndarray  # [k, 3] scene colours, reused for occluders
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
+
+
+def _jitter(rng: np.random.Generator, colour: np.ndarray, std: float = 0.08) -> np.ndarray:
+    return np.clip(colour * np.exp(rng.normal(0, std, 3)), 0, 1)
+
+
+def _pick(rng: np.random.Generator, table: np.ndarray, weights: np.ndarray, exclude: int = -1) -> tuple[int, np.ndarray]:
+    w = weights.astype(float).copy()
+    if exclude >= 0:
+        w[exclude] = 0
+    i = int(rng.choice(len(table), p=w / w.sum()))
+    return i, _jitter(rng, table[i])
+
+
+def _make_identity(rng: np.random.Generator) -> _Identity:
+    iu, upper = _pick(rng, _CLOTH, _UPPER_W)
+    _, upper_second = _pick(rng, _CLOTH, _UPPER_W, exclude=iu)
+    il, lower = _pick(rng, _CLOTH, _LOWER_W)
+    tone = rng.uniform()
+    skin = (1 - tone) * np.array([.95, .78, .66]) + tone * np.array([.33, .21, .14])
+    return _Identity(
+        height=rng.uniform(0.88, 1.0),
+        width=rng.uniform(0.8, 1.25),
+        skin=_jitter(rng, skin, 0.04),
+        hair=_pick(rng, _HAIR, _HAIR_W)[1],
+        long_hair=rng.random() < 0.3,
+        upper=upper,
+        upper_second=upper_second,
+        upper_pattern=str(rng.choice(["plain", "hstripes", "vstripes", "checks", "logo"], p=[.4, .2, .1, .12, .18])),
+        period=rng.uniform(0.035, 0.08),
+        upper_len=rng.uniform(0.47, 0.6),
+        long_sleeves=rng.random() < 0.55,
+        lower=lower,
+        lower_kind=str(rng.choice(["trousers", "shorts", "skirt"], p=[.6, .2, .2])),
+        lower_checks=rng.random() < 0.12,
+        shoes=_jitter(rng, _SHOES[rng.integers(len(_SHOES))]),
+        hat=_pick(rng, _CLOTH, _UPPER_W)[1] if rng.random() < 0.15 else None,
+        backpack=_pick(rng, _CLOTH, _LOWER_W)[1] if rng.random() < 0.3 else None,
+        bag=_pick(rng, _CLOTH, _UPPER_W)[1] if rng.random() < 0.25 else None,
+        bag_side=int(rng.choice([-1, 1])),
+        logo_shape=int(rng.integers(3)),
+    )
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    """[h, w] low-frequency noise in about [-1, 1] (bicubic upsampling of a coarse random grid)."""
+    coarse = rng.uniform(-1, 1, (cells, max(2, cells * w // max(h, 1)))).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
+
+
+def _make_background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A camera scene [h, w, 3] (wall, floor with tiles, doors/windows, clutter) and its colours [k, 3]."""
+    hue = rng.uniform()
+    colours = np.stack([_hsv(hue + rng.normal(0, 0.15), rng.uniform(0.05, 0.5), rng.uniform(0.2, 0.9))
+                        for _ in range(6)])
+    horizon = int(h * rng.uniform(0.35, 0.7))
+    img = Image.new("RGB", (w, h))
+    draw = ImageDraw.Draw(img)
+    as8 = lambda c: tuple(int(v * 255) for v in c)  # noqa: E731
+    draw.rectangle([0, 0, w, horizon], fill=as8(colours[0]))
+    draw.rectangle([0, horizon, w, h], fill=as8(colours[1]))
+    for _ in range(rng.integers(3, 9)):  # doors, windows, shop fronts, poles
+        x0, bw = rng.uniform(0, w), rng.uniform(0.03, 0.25) * w
+        y0 = rng.uniform(0, horizon * 0.8)
+        draw.rectangle([x0, y0, x0 + bw, rng.uniform(y0 + 0.1 * h, horizon + 0.05 * h)],
+                       fill=as8(colours[rng.integers(2, 6)]))
+    tile = rng.uniform(0.04, 0.12) * h
+    floor_dark = as8(colours[1] * 0.75)
+    for y in np.arange(horizon, h, tile):
+        draw.line([0, y, w, y], fill=floor_dark, width=1 + int(h > 200))
+    if rng.random() < 0.6:
+        for x in np.arange(rng.uniform(0, tile), w, tile * rng.uniform(1, 3)):
+            draw.line([x, horizon, x + (x - w / 2) * 0.6, h], fill=floor_dark, width=1 + int(h > 200))
+    arr = np.asarray(img, dtype=np.float32) / 255
+    arr = arr * (1 + 0.15 * _smooth_noise(rng, h, w, 6)[..., None])
+    return np.clip(arr, 0, 1), colours
+
+
+def _make_camera(rng: np.random.Generator, height: int, width: int, shift: float, noise: float) -> _Camera:
+    gains = np.exp(rng.normal(0, 0.15 * shift, 3))
+    sat = np.exp(rng.normal(0, 0.3 * shift))
+    theta = rng.uniform(-0.5, 0.5) * shift  # hue rotation in radians
+    yiq = np.array([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
+    c, s = np.cos(theta), np.sin(theta)
+    chroma = np.array([[1, 0, 0], [0, sat * c, -sat * s], [0, sat * s, sat * c]])
+    matrix = np.linalg.inv(yiq) @ chroma @ yiq @ np.diag(gains)  # acts on column RGB vectors
+    view_p = 0.85 * rng.dirichlet([1.0, 1.0, 1.0]) + 0.05
+    background, clutter = _make_background(rng, int(2 * height * 1.25), int(2 * width * 2))
+    return _Camera(
+        colour_matrix=matrix.T.astype(np.float32),
+        gamma=np.exp(rng.normal(0, 0.22 * shift, 3)).astype(np.float32),
+        black=float(rng.uniform(0, 0.12) * shift),
+        white=float(1 - rng.uniform(0, 0.12) * shift),
+        light_dir=rng.normal(0, 0.25, 2),
+        noise=float(rng.uniform(0.01, 0.04) * noise),
+        blur=float(rng.uniform(0, 0.8) * noise * width / 64),
+        resolution=float(np.clip(1 - rng.uniform(0, 0.5) * noise, 0.25, 1)),
+        scale=float(rng.uniform(0.72, 0.92)),
+        foot=float(rng.uniform(0.93, 0.98)),
+        view_p=view_p / view_p.sum(),
+        background=background,
+        clutter=clutter,
+    )
+
+
+def _draw_person(draw: ImageDraw.ImageDraw, ident: _Identity, view: int, cx: float, feet: float, u: float,
+                 phase: float) -> float:
+    """Draw the part labels of one person (facing right when ``view == SIDE``); return the torso top row."""
+    top = feet - u
+    r = 0.062 * u
+    ys, yh, yl = top + 0.145 * u, top + ident.upper_len * u, top + 0.49 * u
+    side = view == SIDE
+    sw = (0.08 if side else 0.125) * u * ident.width
+    hw = (0.075 if side else 0.1) * u * ident.width
+    leg_w = 0.075 * u * ident.width
+    swing = np.sin(phase)
+
+    def limb(x0, y0, x1, y1, part, w):
+        draw.line([x0, y0, x1, y1], fill=part, width=max(1, int(round(w))))
+        draw.ellipse([x1 - w / 2, y1 - w / 2, x1 + w / 2, y1 + w / 2], fill=part)
+
+    if ident.backpack is not None and side:  # carried behind: drawn first so the torso overlaps it
+        draw.rounded_rectangle([cx - sw - 0.09 * u, ys + 0.02 * u, cx - sw + 0.04 * u, yh - 0.05 * u],
+                               radius=0.02 * u, fill=BACKPACK)
+    if ident.long_hair and view != FRONT:
+        draw.rectangle([cx - (0.5 if side else 1.0) * r * 1.1 - (0.3 * r if side else 0), top + r,
+                        cx + (0.2 if side else 1.0) * r * 1.1, ys + 0.08 * u], fill=HAIR)
+
+    # legs: hips to feet (front/back: spread a little; side: scissor with the walking phase)
+    if side:
+        feet_x = [cx + 0.14 * u * swing, cx - 0.14 * u * swing]
+        hips_x = [cx, cx]
+    else:
+        feet_x = [cx - 0.055 * u - 0.01 * u * swing, cx + 0.055 * u + 0.01 * u * swing]
+        hips_x = [cx - 0.045 * u, cx + 0.045 * u]
+    leg_part = LOWER if ident.lower_kind == "trousers" else SKIN
+    for hx, fx in zip(hips_x, feet_x):
+        limb(hx, yl + 0.03 * u, fx, feet - 0.035 * u, leg_part, leg_w)
+        if ident.lower_kind == "shorts":
+            t = 0.4
+            limb(hx, yl + 0.03 * u, hx + t * (fx - hx), yl + 0.03 * u + t * (feet - yl - 0.065 * u), LOWER,
+                 leg_w * 1.25)
+        shoe_dx = 0.03 * u if side else 0.0
+        draw.ellipse([fx - 0.045 * u + shoe_dx, feet - 0.05 * u, fx + 0.045 * u + shoe_dx, feet], fill=SHOES)
+    hip_w = hw * (1.6 if ident.lower_kind == "skirt" else 1.05)
+    low_bottom = yl + (0.24 if ident.lower_kind == "skirt" else 0.06) * u
+    draw.polygon([(cx - hw, yl - 0.02 * u), (cx + hw, yl - 0.02 * u), (cx + hip_w, low_bottom),
+                  (cx - hip_w, low_bottom)], fill=LOWER)
+
+    # arms behind the torso (the far arm in the side view)
+    arm_w = 0.055 * u * ident.width
+    hand_y = ys + 0.34 * u
+    if side:
+        arms = [(cx, ys + 0.02 * u, cx - 0.12 * u * swing, hand_y)]
+    else:
+        arms = [(cx - sw + 0.02 * u, ys + 0.02 * u, cx - sw - 0.02 * u, hand_y),
+                (cx + sw - 0.02 * u, ys + 0.02 * u, cx + sw + 0.02 * u, hand_y)]
+
+    def arm(x0, y0, x1, y1):
+        limb(x0, y0, x1, y1, SKIN, arm_w)
+        t = 0.85 if ident.long_sleeves else 0.35
+        limb(x0, y0, x0 + t * (x1 - x0), y0 + t * (y1 - y0), UPPER, arm_w * 1.15)
+
+    if side:
+        arm(*arms[0])
+    # torso
+    draw.polygon([(cx - sw, ys), (cx + sw, ys), (cx + hw * 1.08, yh), (cx - hw * 1.08, yh)], fill=UPPER)
+    draw.ellipse([cx - sw, ys - 0.025 * u, cx + sw, ys + 0.05 * u], fill=UPPER)
+    if not side:
+        for a in arms:
+            arm(*a)
+    else:
+        arm(cx, ys + 0.02 * u, cx + 0.12 * u * swing, hand_y)
+    # neck, head, hair, hat
+    draw.rectangle([cx - 0.3 * r, top + 1.6 * r, cx + 0.3 * r, ys], fill=SKIN)
+    draw.ellipse([cx - r * 0.9, top, cx + r * 0.9, top + 2 * r], fill=HAIR if view == BACK else SKIN)
+    if view == FRONT:
+        draw.pieslice([cx - r * 0.95, top - 0.05 * r, cx + r * 0.95, top + 1.6 * r], 180, 360, fill=HAIR)
+        if ident.long_hair:
+            draw.rectangle([cx - r, top + 0.6 * r, cx - 0.7 * r, ys + 0.05 * u], fill=HAIR)
+            draw.rectangle([cx + 0.7 * r, top + 0.6 * r, cx + r, ys + 0.05 * u], fill=HAIR)
+    elif side:
+        draw.pieslice([cx - r * 0.95, top - 0.05 * r, cx + r * 0.95, top + 2 * r], 90, 300, fill=HAIR)
+    if ident.hat is not None:
+        draw.rectangle([cx - r, top - 0.15 * r, cx + r, top + 0.7 * r], fill=HAT)
+        brim = (cx - 0.9 * r, cx + 1.6 * r) if side else (cx - 1.3 * r, cx + 1.3 * r)
+        draw.rectangle([brim[0], top + 0.55 * r, brim[1], top + 0.8 * r], fill=HAT)
+    # accessories on top of the torso
+    if ident.backpack is not None and view == BACK:
+        draw.rounded_rectangle([cx - 0.75 * sw, ys + 0.02 * u, cx + 0.75 * sw, yh - 0.04 * u],
+                               radius=0.03 * u, fill=BACKPACK)
+    if ident.backpack is not None and view == FRONT:
+        for sx in (-0.55, 0.55):
+            draw.line([cx + sx * sw, ys, cx + sx * sw * 0.9, ys + 0.2 * u], fill=STRAP, width=max(1, int(0.02 * u)))
+    if ident.upper_pattern == "logo" and view == FRONT:
+        lx, ly, ls = cx, ys + 0.1 * u, 0.045 * u
+        box = [lx - ls, ly - ls, lx + ls, ly + ls]
+        if ident.logo_shape == 0:
+            draw.ellipse(box, fill=LOGO)
+        elif ident.logo_shape == 1:
+            draw.rectangle(box, fill=LOGO)
+        else:
+            draw.polygon([(lx, ly - ls), (lx + ls, ly + ls), (lx - ls, ly + ls)], fill=LOGO)
+    if ident.bag is not None:
+        bside = 0 if side else (ident.bag_side if view == FRONT else -ident.bag_side)
+        bx = cx + bside * (hw + 0.05 * u)
+        sx = cx - bside * sw * 0.8
+        draw.line([sx, ys, bx, yh - 0.05 * u], fill=BAG, width=max(1, int(0.015 * u)))
+        draw.rounded_rectangle([bx - 0.06 * u, yh - 0.06 * u, bx + 0.06 * u, yh + 0.08 * u], radius=0.015 * u,
+                               fill=BAG)
+    return ys
+
+
+def _draw_occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w: int) -> None:
+    kind = rng.integers(3)
+    if kind == 0:  # bench, car bonnet, railing across the bottom
+        draw.rectangle([rng.uniform(-0.5, 0.2) * w, h * (1 - rng.uniform(0.15, 0.4)), rng.uniform(0.8, 1.5) * w, h],
+                       fill=OCCLUDER)
+    elif kind == 1:  # pole or passer-by at one edge
+        bw = rng.uniform(0.15, 0.4) * w
+        x0 = -1 if rng.random() < 0.5 else w - bw
+        draw.rectangle([x0, rng.uniform(-0.2, 0.5) * h, x0 + bw, h], fill=OCCLUDER)
+    else:  # another head and shoulders in front
+        cx = rng.uniform(0, w)
+        draw.ellipse([cx - 0.4 * w, h * (1 - rng.uniform(0.2, 0.45)), cx + 0.4 * w, h * 1.3], fill=OCCLUDER)
+
+
+def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: int, width: int,
+            occlusion: float) -> np.ndarray:
+    """Render one image: uint8 array [height, width, 3]."""
+    h2, w2 = 2 * height, 2 * width  # 2x supersampling for anti-aliased edges
+    view = int(rng.choice(3, p=cam.view_p))
+    u = h2 * cam.scale * ident.height * np.exp(rng.normal(0, 0.04))
+    cx = w2 / 2 + rng.normal(0, 0.06) * w2
+    feet = h2 * (cam.foot + rng.normal(0, 0.015))
+    label_img = Image.new("L", (w2, h2), BG)
+    draw = ImageDraw.Draw(label_img)
+    torso_top = _draw_person(draw, ident, view, cx, feet, u, rng.uniform(0, 2 * np.pi))
+    if rng.random() < 0.5:  # walking left instead of right / mirrored scene position
+        label_img = label_img.transpose(Image.FLIP_LEFT_RIGHT)
+        cx = w2 - cx
+        draw = ImageDraw.Draw(label_img)
+    occluded = rng.random() < occlusion
+    if occluded:
+        _draw_occluder(draw, rng, h2, w2)
+    labels = np.asarray(label_img)
+
+    palette = np.zeros((12, 3), np.float32)
+    for part, colour in ((SKIN, ident.skin), (HAIR, ident.hair), (UPPER, ident.upper), (LOWER, ident.lower),
+                         (SHOES, ident.shoes), (BAG, ident.bag), (BACKPACK, ident.backpack), (HAT, ident.hat),
+                         (LOGO, ident.upper_second), (STRAP, ident.backpack)):
+        if colour is not None:
+            palette[part] = colour
+    palette[STRAP] *= 0.7
+    palette[OCCLUDER] = _jitter(rng, cam.clutter[rng.integers(len(cam.clutter))] * rng.uniform(0.4, 1.0), 0.2)
+    img = palette[labels]
+
+    ys, xs = np.mgrid[0:h2, 0:w2].astype(np.float32)
+    period = max(ident.period * u, 2.0)
+    stripe_y = ((ys - torso_top) // period) % 2 == 1
+    stripe_x = ((xs - cx + period / 2) // period) % 2 == 1
+    pattern = {"hstripes": stripe_y, "vstripes": stripe_x, "checks": stripe_x ^ stripe_y}.get(ident.upper_pattern)
+    if pattern is not None:
+        img[(labels == UPPER) & pattern] = ident.upper_second
+    if ident.lower_checks:
+        img[(labels == LOWER) & (stripe_x ^ stripe_y)] *= 0.6
+    body = (labels != BG) & (labels != OCCLUDER)
+    shade = 1 - 0.35 * np.clip(((xs - cx) / (0.22 * u)) ** 2, 0, 1)  # rounded body: darker at the sides
+    img *= np.where(body, shade, 1.0)[..., None]
+
+    bh, bw = cam.background.shape[:2]
+    oy, ox = rng.integers(0, bh - h2 + 1), rng.integers(0, bw - w2 + 1)
+    crop = cam.background[oy:oy + h2, ox:ox + w2]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    img = np.where((labels == BG)[..., None], crop, img)
+    img = img.reshape(height, 2, width, 2, 3).mean(axis=(1, 3))
+
+    # lighting: per-image brightness and a gradient around the camera's light direction
+    gy, gx = np.mgrid[-1:1:height * 1j, -1:1:width * 1j]
+    ldir = cam.light_dir + rng.normal(0, 0.1, 2)
+    img = img * (np.exp(rng.normal(0, 0.12)) * (1 + ldir[0] * gx + ldir[1] * gy))[..., None]
+    # camera tone: white balance + saturation + hue rotation, per-channel gamma, black lift / white clip
+    img = np.clip(img @ cam.colour_matrix, 0, 1) ** cam.gamma
+    img = cam.black + (cam.white - cam.black) * img
+
+    pil = Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+    if cam.resolution < 1:
+        small = (max(4, round(width * cam.resolution)), max(8, round(height * cam.resolution)))
+        pil = pil.resize(small, Image.BILINEAR, reducing_gap=None).resize((width, height), Image.BILINEAR)
+    if cam.blur > 0.05:
+        pil = pil.filter(ImageFilter.GaussianBlur(cam.blur))
+    out = np.asarray(pil, dtype=np.float32) / 255
+    out = out + rng.normal(0, cam.noise, out.shape) + rng.normal(0, cam.noise, out.shape[:2] + (1,))
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+
+
+def _write_jpeg(image: np.ndarray, path: Path) -> None:
+    """Save a uint8 [H, W, 3] array as a JPEG with fixed settings (byte-reproducible)."""
+    Image.fromarray(image).save(path, format="JPEG", quality=_JPEG_QUALITY)
+
+
+def _plan_identity(rng: np.random.Generator, num_cameras: int, images_per_id: tuple[int, int]) -> list[int]:
+    """Camera (0-based) of each image of one identity: >= 2 cameras, >= 2 images on each."""
+    n = int(rng.integers(images_per_id[0], images_per_id[1] + 1))
+    k = min(2 + int(rng.binomial(num_cameras - 2, 0.25)), n // 2)
+    cams = np.sort(rng.choice(num_cameras, size=k, replace=False))
+    counts = 2 + rng.multinomial(n - 2 * k, np.full(k, 1.0 / k))
+    return [int(c) for c, m in zip(cams, counts) for _ in range(m)]
+
+
+class Synthetic(ReIDDataset):
+    """Procedural pedestrian re-ID benchmark (see the module docstring).
+
+    Args:
+        root: data root; images go to ``<root>/synthetic/<folder named by every parameter>``.
+        num_train_ids / num_test_ids: identities in the training / query+gallery splits.
+        num_cameras: 2..9 (one digit in the file names).
+        images_per_id: inclusive (min, max) images per identity; min >= 4 (2 cameras x 2 images).
+        num_distractors: gallery images of unrelated people (pid 0).
+        height / width: image size in pixels.
+        camera_shift: strength of the per-camera colour model (white balance, gamma, hue, saturation,
+            black/white levels); 0 disables it.
+        noise: strength of the per-camera sensor noise, blur and resolution loss; 0 disables them.
+        occlusion: probability that an image is partly occluded.
+        seed: generation seed; same parameters and seed give byte-identical files.
+    """
+
+    name = "synthetic"
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        num_train_ids: int = 120,
+        num_test_ids: int = 100,
+        num_cameras: int = 6,
+        images_per_id: tuple[int, int] = (8, 20),
+        num_distractors: int = 100,
+        height: int = 128,
+        width: int = 64,
+        camera_shift: float = 1.0,
+        noise: float = 1.0,
+        occlusion: float = 0.25,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> None:
+        images_per_id = tuple(int(v) for v in images_per_id)  # type: ignore[assignment]
+        self.params = dict(num_train_ids=num_train_ids, num_test_ids=num_test_ids, num_cameras=num_cameras,
+                           images_per_id=images_per_id, num_distractors=num_distractors, height=height,
+                           width=width, camera_shift=float(camera_shift), noise=float(noise),
+                           occlusion=float(occlusion), seed=int(seed))
+        _validate(**self.params)
+        folder = Path(root) / self.name / self.folder_name(**self.params)
+        if not folder.is_dir():
+            _generate_atomically(folder, **self.params)
+        query = parse_folder(folder / "query", _PATTERN, layout_hint=_LAYOUT)
+        gallery = parse_folder(folder / "bounding_box_test", _PATTERN, layout_hint=_LAYOUT)
+        train = relabel(parse_folder(folder / "bounding_box_train", _PATTERN, layout_hint=_LAYOUT))
+        super().__init__(train, query, gallery, root=folder, verbose=verbose)
+
+    @staticmethod
+    def folder_name(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_id: tuple[int, int],
+                    num_distractors: int, height: int, width: int, camera_shift: float, noise: float,
+                    occlusion: float, seed: int) -> str:
+        """Folder name that encodes every generation parameter (and the renderer version)."""
+        return (f"v{_VERSION}_ids{num_train_ids}-{num_test_ids}_d{num_distractors}_cam{num_cameras}"
+                f"_img{images_per_id[0]}-{images_per_id[1]}_{height}x{width}_shift{camera_shift!r}"
+                f"_noise{noise!r}_occ{occlusion!r}_seed{seed}")
+
+
+def _validate(*, num_train_ids, num_test_ids, num_cameras, images_per_id, num_distractors, height, width,
+              camera_shift, noise, occlusion, seed) -> None:
+    def need(ok: bool, option: str, expected: str, value) -> None:
+        if not ok:
+            raise ValueError(f"Synthetic: {option} must be {expected}, got {value!r}")
+
+    need(num_train_ids >= 1, "num_train_ids", ">= 1", num_train_ids)
+    need(num_test_ids >= 1, "num_test_ids", ">= 1", num_test_ids)
+    need(num_train_ids + num_test_ids <= 9999, "num_train_ids + num_test_ids", "<= 9999 (4-digit pids)",
+         num_train_ids + num_test_ids)
+    need(2 <= num_cameras <= 9, "num_cameras", "in 2..9", num_cameras)
+    need(len(images_per_id) == 2 and 4 <= images_per_id[0] <= images_per_id[1], "images_per_id",
+         "(min, max) with 4 <= min <= max", images_per_id)
+    need(0 <= num_distractors <= 999999, "num_distractors", "in 0..999999", num_distractors)
+    need(height >= 16, "height", ">= 16", height)
+    need(width >= 8, "width", ">= 8", width)
+    need(camera_shift >= 0, "camera_shift", ">= 0", camera_shift)
+    need(noise >= 0, "noise", ">= 0", noise)
+    need(0 <= occlusion <= 1, "occlusion", "in [0, 1]", occlusion)
+    need(seed >= 0, "seed", ">= 0", seed)
+
+
+def _generate_atomically(folder: Path, **params) -> None:
+    """Render into a temporary sibling folder, then rename it into place (never a half-written dataset)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        _generate(tmp, **params)
+        os.replace(tmp, folder)
+    except OSError:
+        if not folder.is_dir():  # a real failure, not a concurrent process that finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _generate(out: Path, *, num_train_ids, num_test_ids, num_cameras, images_per_id, num_distractors, height,
+              width, camera_shift, noise, occlusion, seed) -> None:
+    dirs = {s: out / s for s in ("bounding_box_train", "query", "bounding_box_test")}
+    for d in dirs.values():
+        d.mkdir()
+    cams = [_make_camera(_rng(seed, _STREAM_CAM, c), height, width, camera_shift, noise) for c in range(num_cameras)]
+
+    def emit(split: str, pid: int, ident: _Identity, cam: int, frame: int) -> None:
+        image = _render(ident, cams[cam], _rng(seed, _STREAM_IMG, pid, cam, frame), height, width, occlusion)
+        _write_jpeg(image, dirs[split] / f"{pid:04d}_c{cam + 1}s1_{frame:06d}_00.jpg")
+
+    for pid in range(1, num_train_ids + num_test_ids + 1):
+        ident = _make_identity(_rng(seed, _STREAM_ID, pid))
+        seen: set[int] = set()
+        for frame, cam in enumerate(_plan_identity(_rng(seed, _STREAM_PLAN, pid), num_cameras, images_per_id)):
+            if pid <= num_train_ids:
+                split = "bounding_box_train"
+            else:  # the first image per camera is a query, the rest gallery
+                split = "bounding_box_test" if cam in seen else "query"
+                seen.add(cam)
+            emit(split, pid, ident, cam, frame)
+    for k in range(num_distractors):
+        rng = _rng(seed, _STREAM_DISTRACTOR, k)
+        emit("bounding_box_test", 0, _make_identity(rng), int(rng.integers(num_cameras)), k)
+
+
+__all__ = ["Synthetic"]
