@@ -40,7 +40,7 @@ _VERSION = 1  # bump whenever the rendering changes, so cached folders are not r
 _PATTERN = re.compile(r"([-\d]+)_c(\d)")
 _LAYOUT = "synthetic/<params>/{bounding_box_train,query,bounding_box_test}/PPPP_cCsS_FFFFFF_BB.jpg"
 _JPEG_QUALITY = 90
-_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR = range(5)
+_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR, _STREAM_SITE = range(6)
 
 # part labels of the 2x-supersampled label map
 BG, SKIN, HAIR, UPPER, LOWER, SHOES, BAG, BACKPACK, HAT, LOGO, STRAP, OCCLUDER = range(12)
@@ -160,11 +160,19 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
 
 
-def _make_background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """A camera scene [h, w, 3] (wall, floor with tiles, doors/windows, clutter) and its colours [k, 3]."""
+def _scene_colours(rng: np.random.Generator) -> np.ndarray:
+    """[6, 3] colours of the site all cameras look at (wall, floor, four for doors/shops/poles)."""
     hue = rng.uniform()
-    colours = np.stack([_hsv(hue + rng.normal(0, 0.15), rng.uniform(0.05, 0.5), rng.uniform(0.2, 0.9))
-                        for _ in range(6)])
+    return np.stack([_hsv(hue + rng.normal(0, 0.15), rng.uniform(0.05, 0.45), rng.uniform(0.25, 0.85))
+                     for _ in range(6)])
+
+
+def _make_background(rng: np.random.Generator, site: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A camera's scene [h, w, 3] (wall, tiled floor, doors/windows, poles) and its colours [6, 3].
+
+    The colours are the shared ``site`` colours, shuffled and varied per camera, so that the background
+    hints at the camera without giving it away."""
+    colours = np.stack([_jitter(rng, c, 0.2) for c in site[rng.permutation(len(site))]])
     horizon = int(h * rng.uniform(0.35, 0.7))
     img = Image.new("RGB", (w, h))
     draw = ImageDraw.Draw(img)
@@ -188,26 +196,27 @@ def _make_background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarr
     return np.clip(arr, 0, 1), colours
 
 
-def _make_camera(rng: np.random.Generator, height: int, width: int, shift: float, noise: float) -> _Camera:
-    gains = np.exp(rng.normal(0, 0.15 * shift, 3))
-    sat = np.exp(rng.normal(0, 0.3 * shift))
-    theta = rng.uniform(-0.5, 0.5) * shift  # hue rotation in radians
+def _make_camera(rng: np.random.Generator, site: np.ndarray, height: int, width: int, shift: float,
+                 noise: float) -> _Camera:
+    gains = np.exp(rng.normal(0, 0.12 * shift, 3))
+    sat = np.exp(rng.normal(0, 0.25 * shift))
+    theta = rng.uniform(-0.4, 0.4) * shift  # hue rotation in radians
     yiq = np.array([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
     c, s = np.cos(theta), np.sin(theta)
     chroma = np.array([[1, 0, 0], [0, sat * c, -sat * s], [0, sat * s, sat * c]])
     matrix = np.linalg.inv(yiq) @ chroma @ yiq @ np.diag(gains)  # acts on column RGB vectors
     view_p = 0.85 * rng.dirichlet([1.0, 1.0, 1.0]) + 0.05
-    background, clutter = _make_background(rng, int(2 * height * 1.25), int(2 * width * 2))
+    background, clutter = _make_background(rng, site, int(2 * height * 1.25), int(2 * width * 3))
     return _Camera(
         colour_matrix=matrix.T.astype(np.float32),
-        gamma=np.exp(rng.normal(0, 0.22 * shift, 3)).astype(np.float32),
+        gamma=np.exp(rng.normal(0, 0.18 * shift, 3)).astype(np.float32),
         black=float(rng.uniform(0, 0.12) * shift),
         white=float(1 - rng.uniform(0, 0.12) * shift),
         light_dir=rng.normal(0, 0.25, 2),
         noise=float(rng.uniform(0.01, 0.04) * noise),
         blur=float(rng.uniform(0, 0.8) * noise * width / 64),
         resolution=float(np.clip(1 - rng.uniform(0, 0.5) * noise, 0.25, 1)),
-        scale=float(rng.uniform(0.72, 0.92)),
+        scale=float(rng.uniform(0.78, 0.94)),
         foot=float(rng.uniform(0.93, 0.98)),
         view_p=view_p / view_p.sum(),
         background=background,
@@ -222,8 +231,8 @@ def _draw_person(draw: ImageDraw.ImageDraw, ident: _Identity, view: int, cx: flo
     r = 0.062 * u
     ys, yh, yl = top + 0.145 * u, top + ident.upper_len * u, top + 0.49 * u
     side = view == SIDE
-    sw = (0.08 if side else 0.125) * u * ident.width
-    hw = (0.075 if side else 0.1) * u * ident.width
+    sw = (0.09 if side else 0.14) * u * ident.width
+    hw = (0.08 if side else 0.11) * u * ident.width
     leg_w = 0.075 * u * ident.width
     swing = np.sin(phase)
 
@@ -525,7 +534,9 @@ def _generate(out: Path, *, num_train_ids, num_test_ids, num_cameras, images_per
     dirs = {s: out / s for s in ("bounding_box_train", "query", "bounding_box_test")}
     for d in dirs.values():
         d.mkdir()
-    cams = [_make_camera(_rng(seed, _STREAM_CAM, c), height, width, camera_shift, noise) for c in range(num_cameras)]
+    site = _scene_colours(_rng(seed, _STREAM_SITE))
+    cams = [_make_camera(_rng(seed, _STREAM_CAM, c), site, height, width, camera_shift, noise)
+            for c in range(num_cameras)]
 
     def emit(split: str, pid: int, ident: _Identity, cam: int, frame: int) -> None:
         image = _render(ident, cams[cam], _rng(seed, _STREAM_IMG, pid, cam, frame), height, width, occlusion)

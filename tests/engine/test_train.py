@@ -1,0 +1,101 @@
+"""End-to-end training on a tiny synthetic set: every memory, clusterer and temperature mode, resume,
+checkpoints, results and evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mqreid.engine.checkpoint import load_checkpoint, save_atomic
+from mqreid.engine.trainer import Trainer
+
+MODES = [
+    ["memory=multi_queue", "temp=fixed", "clusterer=dbscan"],
+    ["memory=centroid", "temp=learnable", "clusterer=infomap"],
+    ["memory=multi_queue", "memory.init=members", "memory.proxy=mean", "temp=learnable", "clusterer=dbscan"],
+    ["memory=centroid", "memory.hard=true", "temp=fixed", "clusterer=infomap"],
+]
+
+
+def _run(cfg):
+    results = Trainer(cfg, cfg.run_dir).fit()
+    return results, Path(cfg.run_dir)
+
+
+@pytest.mark.parametrize("modes", MODES, ids=[" ".join(m) for m in MODES])
+def test_every_mode_trains(tiny_cfg, modes):
+    cfg = tiny_cfg(*modes, "clusterer.min_cluster_size=2" if "infomap" in modes[-1] else "clusterer.eps=0.5")
+    results, run = _run(cfg)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    trained = [r for r in rows[1:] if r["clusters"] >= 2]
+    assert trained, f"no epoch formed two clusters: {rows}"
+    for r in trained:
+        assert math.isfinite(r["loss"]) and r["temperature"] > 0
+        assert {"ari", "nmi", "purity", "time_extract", "time_cluster", "time_train", "mAP", "rank1"} <= r.keys()
+    saved = json.loads((run / "results.json").read_text())
+    for key in ("initial", "best", "final"):
+        assert 0.0 <= saved[key]["mAP"] <= 100.0 and 0.0 <= saved[key]["rank1"] <= 100.0
+    assert saved["world_size"] == 1
+    if "temp=learnable" in modes:
+        assert rows[-1]["temperature"] != pytest.approx(0.05, abs=1e-9)  # it was trained
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 2 and "optimizer" in state
+    assert load_checkpoint(run)["path"].endswith("last.pt")  # a run directory works too
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_cfg, tmp_path):
+    full = tiny_cfg("train.epochs=3")
+    full.run_dir = str(tmp_path / "full")
+    ref, _ = _run(full)
+    first = tiny_cfg("train.epochs=3")
+    first.run_dir = str(tmp_path / "part")
+    trainer = Trainer(first, first.run_dir)
+    trainer.cfg.train.epochs = 1  # "interrupted" after one epoch
+    trainer.fit()
+    again = tiny_cfg("train.epochs=3", f"resume={tmp_path / 'part'}")
+    again.run_dir = str(tmp_path / "resumed")
+    res, run = _run(again)
+    assert res["final"] == ref["final"] and res["best"] == ref["best"] and res["initial"] == ref["initial"]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_degenerate_clustering_is_reported_not_crashed(tiny_cfg, caplog):
+    cfg = tiny_cfg("clusterer.eps=0.0001", "train.epochs=1")
+    results, run = _run(cfg)
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["clusters"] == 0 and row["outlier_ratio"] == 1.0 and math.isnan(row["loss"])
+    assert "training skipped" in caplog.text
+
+
+def test_atomic_checkpoint_keeps_the_last_good_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"model": {}, "epoch": 1, "config": {}}, path)
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"model": {}, "epoch": 2, "config": {}}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_bad_checkpoints_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_checkpoint(tmp_path / "nothere.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt.*not an mqreid checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
