@@ -70,3 +70,23 @@ def test_presets_map_the_original_flags():
 def test_specialisation_applies_to_the_synthetic_default_only():
     assert compose_config([]).clusterer.eps == 0.45
     assert compose_config(["dataset=market1501"]).clusterer.eps == 0.6
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "slurm_local"])
+def test_slurm_launcher_configs_compose(launcher):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    launcher_cfg = cfg.hydra.launcher
+    assert "submitit" in launcher_cfg._target_.lower()
+    if launcher == "slurm":
+        assert launcher_cfg.tasks_per_node == launcher_cfg.gpus_per_node == 4
+
+
+def test_sweep_configs_define_the_ablations():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["sweep=queue_size"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["memory.queue_size"] == "2,4,8,16,32"

@@ -42,7 +42,8 @@ class InfomapClusterer:
         min_cluster_size: smaller modules become outliers (original ``--k2 4``: sizes <= 4 are
             outliers, i.e. 5).
         knn: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
-        seed: Infomap's random seed (results are deterministic for a seed).
+        seed: random seed >= 0 (passed to Infomap as ``seed + 1``; its seeds start at 1).
+            Results are deterministic for a seed.
 
     Points without an outgoing link are outliers. ``labels_`` [N] int64: 0..C-1, -1 = outlier.
     """
@@ -78,7 +79,7 @@ class InfomapClusterer:
         src, dst, w = src[keep], idx.ravel()[keep], sims.ravel()[keep].astype(np.float64)
         labels = np.full(n, -1, np.int64)
         if len(src):
-            im = infomap.Infomap(two_level=True, directed=True, silent=True, seed=int(self.seed))
+            im = infomap.Infomap(two_level=True, directed=True, silent=True, seed=int(self.seed) + 1)  # Infomap seeds start at 1
             im.add_links(zip(src.tolist(), dst.tolist(), w.tolist()))
             im.run()
             for node, module in im.get_modules().items():

@@ -157,7 +157,7 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """[h, w] low-frequency noise in about [-1, 1] (bicubic upsampling of a coarse random grid)."""
     coarse = rng.uniform(-1, 1, (cells, max(2, cells * w // max(h, 1)))).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))
+    return np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
 
 
 def _scene_colours(rng: np.random.Generator) -> np.ndarray:
@@ -358,7 +358,7 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: in
     draw = ImageDraw.Draw(label_img)
     torso_top = _draw_person(draw, ident, view, cx, feet, u, rng.uniform(0, 2 * np.pi))
     if rng.random() < 0.5:  # walking left instead of right / mirrored scene position
-        label_img = label_img.transpose(Image.FLIP_LEFT_RIGHT)
+        label_img = label_img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         cx = w2 - cx
         draw = ImageDraw.Draw(label_img)
     occluded = rng.random() < occlusion
@@ -408,7 +408,7 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: in
     pil = Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
     if cam.resolution < 1:
         small = (max(4, round(width * cam.resolution)), max(8, round(height * cam.resolution)))
-        pil = pil.resize(small, Image.BILINEAR, reducing_gap=None).resize((width, height), Image.BILINEAR)
+        pil = pil.resize(small, Image.Resampling.BILINEAR, reducing_gap=None).resize((width, height), Image.Resampling.BILINEAR)
     if cam.blur > 0.05:
         pil = pil.filter(ImageFilter.GaussianBlur(cam.blur))
     out = np.asarray(pil, dtype=np.float32) / 255
@@ -519,14 +519,10 @@ def _generate_atomically(folder: Path, **params) -> None:
     try:
         _generate(tmp, **params)
         os.replace(tmp, folder)
-    except OSError:
-        if not folder.is_dir():  # a real failure, not a concurrent process that finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (isinstance(exc, OSError) and folder.is_dir()):  # else another process finished it first
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _generate(out: Path, *, num_train_ids, num_test_ids, num_cameras, images_per_id, num_distractors, height,

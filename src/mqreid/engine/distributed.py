@@ -43,7 +43,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device_name: str = "auto", timeout_min: int = 60) -> tuple[DistEnv, torch.device]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); return the env and this rank's device."""
+    """Join the process group when launched by torchrun or as a multi-task SLURM job (submitit); return the
+    env and this rank's device. A single process needs nothing."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment  # sets RANK, WORLD_SIZE, MASTER_ADDR, ...
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     env = DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name, env.local_rank)
@@ -120,3 +125,12 @@ def shared_run_dir(local_dir: str) -> str:
 
         shutil.rmtree(local_dir, ignore_errors=True)
     return shared
+
+
+def sync_buffers_(module: torch.nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) across ranks, in place.
+
+    DDP re-broadcasts rank 0's buffers only at the start of each forward, so after the last training step
+    the ranks' running statistics differ; sharded feature extraction needs them identical.
+    """
+    all_reduce_mean_([b for b in module.buffers() if b.is_floating_point()])

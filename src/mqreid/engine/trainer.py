@@ -195,10 +195,11 @@ class Trainer:
             self.memory.update(D.all_gather_cat(f.detach().float()), D.all_gather_cat(y))
             self.global_step += 1
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", T=f"{float(temp):.4f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", T=f"{temp.item():.4f}")
             if self.logger:
-                self.logger.log({"step/loss": losses[-1], "step/temperature": float(temp),
+                self.logger.log({"step/loss": losses[-1], "step/temperature": temp.item(),
                                  "global_step": self.global_step}, self.global_step)
+        D.sync_buffers_(self.model)
         return {"loss": float(np.mean(losses)) if losses else math.nan}
 
     # ------------------------------------------------------------------ the loop
@@ -244,7 +245,7 @@ class Trainer:
                 self.memory.reset(feats.to(self.device), torch.from_numpy(labels).to(self.device))
                 row.update(self.train_epoch(epoch, labels), time_train=time.perf_counter() - t2)
             self.scheduler.step()
-            row["temperature"] = float(self.temperature())
+            row["temperature"] = self.temperature().item()
             if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.epochs:
                 t3 = time.perf_counter()
                 row.update(self.evaluate(), time_eval=time.perf_counter() - t3)
