@@ -8,8 +8,10 @@ the test split of the dataset: its numbers of queries, gallery images, ids and c
 seen by a few cameras; 15% of the gallery are distractors (id -1, matching no query). A feature is
 ``normalize(id centre + camera shift + noise)``, which gives mAP in the range of real models.
 Reported: time of ``evaluate_features`` (distances + ranking, chunked) and, at Market scale, of
-``evaluate_ranking`` on a precomputed [Q, G] distance matrix; "data RSS" is the resident memory
-before evaluating (features and ids), "peak RSS" the maximum over the whole run.
+``evaluate_ranking`` on a precomputed [Q, G] distance matrix. "data RSS" is the resident memory
+just before the call (torch, features, ids and any distance matrix); "peak RSS" is ``ru_maxrss``
+during the call, its count restarted before it through ``/proc/self/clear_refs`` (marked * where
+that is not possible, then it is the peak of the whole subprocess, data generation included).
 """
 
 from __future__ import annotations
@@ -83,12 +85,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def timed(fn, device):
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
+def reset_peak_rss() -> bool:
+    """Restart the peak RSS count from the current RSS (Linux >= 4.0); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def worker(args) -> None:
@@ -98,27 +102,34 @@ def worker(args) -> None:
     q, g, q_pids, g_pids, q_cams, g_cams = make_split(
         **size, dim=args.dim, noise=args.noise, camera_shift=args.camera_shift, device=device
     )
-    data_rss = current_rss_mb()
     common = dict(scale=args.scale, Q=size["num_q"], G=size["num_g"], D=args.dim, device=str(device),
-                  threads=torch.get_num_threads(), chunk=args.chunk_size, data_rss_mb=data_rss)
+                  threads=torch.get_num_threads(), chunk=args.chunk_size)
 
-    def report(call, seconds, result):
-        row = dict(common, call=call, seconds=seconds, peak_rss_mb=peak_rss_mb(),
-                   mAP=result["mAP"], R1=float(result["cmc"][0]), valid=result["num_valid_queries"])
+    def timed(fn):
+        """Seconds, result, RSS before the call and peak RSS during it (the whole run if no reset)."""
+        data_rss, own_peak = current_rss_mb(), reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start, result, data_rss, own_peak
+
+    def report(call, measured):
+        seconds, result, data_rss, own_peak = measured
+        row = dict(common, call=call, seconds=seconds, data_rss_mb=data_rss, peak_rss_mb=peak_rss_mb(),
+                   own_peak=own_peak, mAP=result["mAP"], R1=float(result["cmc"][0]), valid=result["num_valid_queries"])
         if device.type == "cuda":
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         print(json.dumps(row), flush=True)
 
-    seconds, result = timed(
-        lambda: evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size), device
-    )
-    report("evaluate_features", seconds, result)
+    report("evaluate_features", timed(
+        lambda: evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size)))
     if args.scale == "market":
         distmat = pairwise_distance(q, g)
-        seconds, result = timed(
-            lambda: evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size), device
-        )
-        report("evaluate_ranking (precomputed distmat)", seconds, result)
+        report("evaluate_ranking (precomputed distmat)", timed(
+            lambda: evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size)))
 
 
 def main() -> None:
@@ -149,7 +160,7 @@ def main() -> None:
     print("|---" * (13 + gpu) + "|")
     for r in rows:
         print(f"| {r['scale']} | {r['call']} | {r['Q']:,} | {r['G']:,} | {r['D']} | {r['device']} | {r['threads']} "
-              f"| {r['chunk']} | {r['seconds']:.1f} | {r['data_rss_mb']:,.0f} | {r['peak_rss_mb']:,.0f} |"
+              f"| {r['chunk']} | {r['seconds']:.1f} | {r['data_rss_mb']:,.0f} | {r['peak_rss_mb']:,.0f}{'' if r['own_peak'] else '*'} |"
               + (f" {r.get('peak_gpu_mb', 0):,.0f} |" if gpu else "")
               + f" {100 * r['mAP']:.1f} | {100 * r['R1']:.1f} |")
 

@@ -31,7 +31,7 @@ def tiny(tmp_path_factory) -> Synthetic:
 def test_market_layout_and_names(tiny):
     folder = Path(tiny.root)
     assert folder.parent.name == "synthetic"
-    assert folder.name == Synthetic.folder_name(**{**TINY, "camera_shift": 1.0, "noise": 1.0, "occlusion": 0.25})
+    assert folder.name == Synthetic.folder_name(**{**TINY, "camera_shift": 1.0, "noise": 1.0, "occlusion": 0.2})
     assert sorted(p.name for p in folder.iterdir()) == sorted(SPLITS)
     pids_by_split = {}
     for split in SPLITS:
@@ -61,8 +61,9 @@ def test_items_are_parsed_and_train_pids_relabelled(tiny):
         for it in items:
             assert Path(it.path).is_file()
             assert it.camid == int(NAME.match(Path(it.path).name).group(2)) - 1  # 0-based camera
-    n_query_expected = sum(len({it.camid for it in tiny.gallery if it.pid == pid}) for pid in {q.pid for q in tiny.query})
-    assert len(tiny.query) == n_query_expected  # one query per (id, camera)
+    query_ids = {q.pid for q in tiny.query}
+    cameras_per_id = [len({it.camid for it in tiny.gallery if it.pid == pid}) for pid in query_ids]
+    assert len(tiny.query) == sum(cameras_per_id)  # one query per (id, camera)
 
 
 def test_every_query_has_a_cross_camera_gallery_match(tiny):
@@ -128,7 +129,7 @@ def test_plan_covers_at_least_two_cameras_with_two_images_each():
 @pytest.mark.parametrize(
     "option, value",
     [("num_train_ids", 0), ("num_test_ids", 0), ("num_cameras", 1), ("num_cameras", 10),
-     ("images_per_id", (3, 8)), ("images_per_id", (8, 5)), ("num_distractors", -1), ("height", 8),
+     ("images_per_id", (3, 8)), ("images_per_id", 5), ("images_per_id", (8, 5)), ("num_distractors", -1), ("height", 8),
      ("width", 4), ("camera_shift", -0.1), ("noise", -1.0), ("occlusion", 1.5), ("seed", -1)],
 )
 def test_invalid_parameters_name_the_option(tmp_path, option, value):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import infomap
 import numpy as np
@@ -82,7 +83,12 @@ class InfomapClusterer:
             im = infomap.Infomap(two_level=True, directed=True, silent=True, seed=int(self.seed) + 1)  # Infomap seeds start at 1
             im.add_links(zip(src.tolist(), dst.tolist(), w.tolist()))
             im.run()
-            for node, module in im.get_modules().items():
+            with warnings.catch_warnings():
+                # Result.modules() iterates a SWIG vector, which segfaults once faiss (another
+                # SWIG module) is imported; the older get_modules() returns a plain dict.
+                warnings.simplefilter("ignore")
+                modules = im.get_modules()
+            for node, module in modules.items():
                 labels[node] = module
         has_link = np.bincount(src, minlength=n) > 0
         labels[~has_link] = -1

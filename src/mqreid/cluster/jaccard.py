@@ -30,7 +30,10 @@ from mqreid.cluster.knn import as_unit_features, knn_search
 
 log = logging.getLogger(__name__)
 
-PAIR_BUDGET = 1 << 24  # pairs expanded per chunk in the overlap step (~400 MB of temporaries)
+# Overlap-step chunking: small chunks keep temporaries in cache and out of fresh mmap pages
+# (3x faster than 8M-triple chunks at N=13k, measured).
+PAIR_BUDGET = 1 << 17  # (r, c, l) triples expanded per chunk
+ACCUMULATOR = 1 << 21  # dense accumulator window (rows x columns, 16 MB)
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -102,7 +105,7 @@ def _pair_similarities(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray,
     found = knn_keys[pos] == keys
     out = np.where(found, knn_sims[pos], 0.0).astype(np.float64)
     missing = np.flatnonzero(~found)
-    step = max(1, (1 << 26) // max(1, x.shape[1]))
+    step = max(1, (1 << 24) // x.shape[1])  # ~64 MB per gathered chunk
     with torch.no_grad():
         for a in range(0, len(missing), step):
             m = missing[a:a + step]
@@ -153,14 +156,14 @@ def min_overlap(a: sp.csr_matrix, b: sp.csr_matrix | None = None) -> sp.csr_matr
     """``m[r, c] = sum_l min(a[r, l], b[c, l])`` for every pair sharing a column (CSR [R, C]).
 
     With ``b=None`` (``b = a``) only pairs ``c > r`` are computed (the matrix is symmetric) and
-    the strictly upper triangle is returned. Work and memory grow with the number of pairs that
-    share a column, never with R x C.
+    the strictly upper triangle is returned. Work grows with the number of (r, c, l) triples
+    that share a column; memory with one chunk of them plus a fixed ``ACCUMULATOR`` window.
     """
     upper = b is None
     b = a if upper else b
-    a = a.tocsr()
+    a = sp.csr_matrix(a)
     a.sort_indices()
-    bc = b.tocsc()
+    bc = sp.csc_matrix(b)
     bc.sort_indices()
     n_rows, n_cols = a.shape[0], b.shape[0]
     col = a.indices.astype(np.int64)
@@ -170,29 +173,38 @@ def min_overlap(a: sp.csr_matrix, b: sp.csr_matrix | None = None) -> sp.csr_matr
         csc_pos = np.empty(a.nnz, np.int64)
         csc_pos[ids.tocsc().data.astype(np.int64) - 1] = np.arange(a.nnz)
         starts = csc_pos + 1
-        counts = bc.indptr[col + 1] - starts
     else:
-        starts = bc.indptr[col]
-        counts = bc.indptr[col + 1] - starts
+        starts = bc.indptr[col].astype(np.int64)
+    counts = bc.indptr[col + 1] - starts
     row_of = np.repeat(np.arange(n_rows), np.diff(a.indptr))
-    pairs_per_row = np.bincount(row_of, weights=counts, minlength=n_rows)
-    blocks = []
+    cum = np.concatenate([[0], np.cumsum(np.bincount(row_of, weights=counts, minlength=n_rows))])
+    rows_per_chunk = max(1, ACCUMULATOR // max(1, n_cols))
+    # Summing the values of repeated (r, c) keys: a dense accumulator over a window of rows,
+    # reused across chunks and reset only where touched, beats sorting the keys (scipy's
+    # duplicate summation) by ~3x; numpy has no hash-based group-by.
+    acc = np.zeros(min(n_rows, rows_per_chunk) * n_cols)
+    owner = np.zeros(len(acc), np.int64)
+    out_vals, out_cols = [np.zeros(0)], [np.zeros(0, np.int64)]
+    row_nnz = np.zeros(n_rows, np.int64)
     r0 = 0
-    cum = np.cumsum(pairs_per_row)
     while r0 < n_rows:
-        done = cum[r0 - 1] if r0 else 0
-        r1 = max(r0 + 1, int(np.searchsorted(cum, done + PAIR_BUDGET, side="right")))
-        r1 = min(r1, n_rows)
+        r1 = min(n_rows, r0 + rows_per_chunk, max(r0 + 1, int(np.searchsorted(cum, cum[r0] + PAIR_BUDGET, "right")) - 1))
         e0, e1 = a.indptr[r0], a.indptr[r1]
         cnt = counts[e0:e1]
-        src = np.repeat(np.arange(e0, e1), cnt)
         other = _ranges(starts[e0:e1], cnt)
-        vals = np.minimum(a.data[src], bc.data[other])
-        block = sp.csr_matrix((vals, (row_of[src] - r0, bc.indices[other])), shape=(r1 - r0, n_cols))
-        block.sum_duplicates()
-        blocks.append(block)
+        keys = np.repeat(row_of[e0:e1] - r0, cnt) * n_cols + bc.indices[other]
+        np.add.at(acc, keys, np.minimum(np.repeat(a.data[e0:e1], cnt), bc.data[other]))
+        order = np.arange(len(keys))
+        owner[keys] = order
+        distinct = np.sort(keys[owner[keys] == order])  # one representative per key
+        vals = acc[distinct]
+        acc[distinct] = 0.0
+        row_nnz[r0:r1] = np.bincount(distinct // n_cols, minlength=r1 - r0)
+        out_vals.append(vals)
+        out_cols.append(distinct % n_cols)
         r0 = r1
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((n_rows, n_cols))
+    indptr = np.concatenate([[0], np.cumsum(row_nnz)])
+    return sp.csr_matrix((np.concatenate(out_vals), np.concatenate(out_cols), indptr), shape=(n_rows, n_cols))
 
 
 def overlap_to_distance(m: np.ndarray) -> np.ndarray:

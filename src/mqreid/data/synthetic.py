@@ -4,10 +4,11 @@ No download: on first use the images are rendered into ``<root>/synthetic/<param
 afterwards. Each identity has a persistent appearance (clothing colours and patterns, sleeve and lower
 garment type, body shape, skin, hair, hat, bag, backpack); each camera has its own nuisance model that a
 standard colour jitter does not invert: per-channel white balance and gamma, a hue rotation, a
-saturation change, lifted blacks / compressed whites, its own background scene, preferred viewpoints
-(front / back / side, which changes what is visible: a logo only from the front, a backpack as straps
-from the front), person scale and position, blur, resolution loss and sensor noise. Images also vary
-per frame (walking phase, mirroring, position, lighting, partial occlusion).
+saturation change, lifted blacks / compressed whites, its own view of a shared site (background layout
+and colours), preferred viewpoints (front / back / side, which changes what is visible: a logo only
+from the front, a backpack as straps from the front), person scale and position, blur, resolution loss
+and sensor noise. Images also vary per frame (walking phase, mirroring, position, lighting, partial
+occlusion).
 
 Statistics with the defaults (seed 0): 120 train ids (~1,650 images), 100 test ids (~300 query,
 ~1,100 gallery) plus 100 distractor images, 6 cameras, 128x64 pixels.
@@ -112,7 +113,9 @@ def _jitter(rng: np.random.Generator, colour: np.ndarray, std: float = 0.08) -> 
     return np.clip(colour * np.exp(rng.normal(0, std, 3)), 0, 1)
 
 
-def _pick(rng: np.random.Generator, table: np.ndarray, weights: np.ndarray, exclude: int = -1) -> tuple[int, np.ndarray]:
+def _pick(rng: np.random.Generator, table: np.ndarray, weights: np.ndarray,
+          exclude: int = -1) -> tuple[int, np.ndarray]:
+    """Draw a row of ``table`` [k, 3] by ``weights`` [k] (never ``exclude``); return it and a jittered copy."""
     w = weights.astype(float).copy()
     if exclude >= 0:
         w[exclude] = 0
@@ -198,9 +201,9 @@ def _make_background(rng: np.random.Generator, site: np.ndarray, h: int, w: int)
 
 def _make_camera(rng: np.random.Generator, site: np.ndarray, height: int, width: int, shift: float,
                  noise: float) -> _Camera:
-    gains = np.exp(rng.normal(0, 0.12 * shift, 3))
-    sat = np.exp(rng.normal(0, 0.25 * shift))
-    theta = rng.uniform(-0.4, 0.4) * shift  # hue rotation in radians
+    gains = np.exp(rng.normal(0, 0.1 * shift, 3))
+    sat = np.exp(rng.normal(0, 0.2 * shift))
+    theta = rng.uniform(-0.3, 0.3) * shift  # hue rotation in radians
     yiq = np.array([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
     c, s = np.cos(theta), np.sin(theta)
     chroma = np.array([[1, 0, 0], [0, sat * c, -sat * s], [0, sat * s, sat * c]])
@@ -209,7 +212,7 @@ def _make_camera(rng: np.random.Generator, site: np.ndarray, height: int, width:
     background, clutter = _make_background(rng, site, int(2 * height * 1.25), int(2 * width * 3))
     return _Camera(
         colour_matrix=matrix.T.astype(np.float32),
-        gamma=np.exp(rng.normal(0, 0.18 * shift, 3)).astype(np.float32),
+        gamma=np.exp(rng.normal(0, 0.15 * shift, 3)).astype(np.float32),
         black=float(rng.uniform(0, 0.12) * shift),
         white=float(1 - rng.uniform(0, 0.12) * shift),
         light_dir=rng.normal(0, 0.25, 2),
@@ -408,7 +411,8 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: in
     pil = Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
     if cam.resolution < 1:
         small = (max(4, round(width * cam.resolution)), max(8, round(height * cam.resolution)))
-        pil = pil.resize(small, Image.Resampling.BILINEAR, reducing_gap=None).resize((width, height), Image.Resampling.BILINEAR)
+        bilinear = Image.Resampling.BILINEAR
+        pil = pil.resize(small, bilinear).resize((width, height), bilinear)
     if cam.blur > 0.05:
         pil = pil.filter(ImageFilter.GaussianBlur(cam.blur))
     out = np.asarray(pil, dtype=np.float32) / 255
@@ -462,11 +466,14 @@ class Synthetic(ReIDDataset):
         width: int = 64,
         camera_shift: float = 1.0,
         noise: float = 1.0,
-        occlusion: float = 0.25,
+        occlusion: float = 0.2,
         seed: int = 0,
         verbose: bool = True,
     ) -> None:
-        images_per_id = tuple(int(v) for v in images_per_id)  # type: ignore[assignment]
+        try:  # Hydra passes a ListConfig
+            images_per_id = tuple(int(v) for v in images_per_id)  # type: ignore[assignment]
+        except TypeError:
+            raise ValueError(f"Synthetic: images_per_id must be (min, max), got {images_per_id!r}") from None
         self.params = dict(num_train_ids=num_train_ids, num_test_ids=num_test_ids, num_cameras=num_cameras,
                            images_per_id=images_per_id, num_distractors=num_distractors, height=height,
                            width=width, camera_shift=float(camera_shift), noise=float(noise),
