@@ -151,19 +151,23 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", "--scale", scale, "--dim", str(args.dim),
                "--device", args.device, "--chunk-size", str(args.chunk_size), "--noise", str(args.noise),
                "--camera-shift", str(args.camera_shift)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout  # stderr shown as is
         rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    print_table(rows)
 
+
+def print_table(rows: list[dict]) -> None:
     gpu = any("peak_gpu_mb" in r for r in rows)
-    print("| scale | call | Q | G | D | device | threads | chunk | seconds | data RSS (MB) | peak RSS (MB) |"
-          + (" peak GPU (MB) |" if gpu else "") + " mAP | R1 |")
-    print("|---" * (13 + gpu) + "|")
+    header = ["scale", "call", "Q", "G", "D", "device", "threads", "chunk", "seconds", "data RSS (MB)",
+              "peak RSS (MB)"] + (["peak GPU (MB)"] if gpu else []) + ["mAP", "R1"]
+    print("| " + " | ".join(header) + " |")
+    print("|---" * len(header) + "|")
     for r in rows:
-        print(f"| {r['scale']} | {r['call']} | {r['Q']:,} | {r['G']:,} | {r['D']} | {r['device']} | {r['threads']} "
-              f"| {r['chunk']} | {r['seconds']:.1f} | {r['data_rss_mb']:,.0f} | {r['peak_rss_mb']:,.0f}{'' if r['own_peak'] else '*'} |"
-              + (f" {r.get('peak_gpu_mb', 0):,.0f} |" if gpu else "")
-              + f" {100 * r['mAP']:.1f} | {100 * r['R1']:.1f} |")
-
+        cells = [r["scale"], r["call"], f"{r['Q']:,}", f"{r['G']:,}", r["D"], r["device"], r["threads"], r["chunk"],
+                 f"{r['seconds']:.1f}", f"{r['data_rss_mb']:,.0f}", f"{r['peak_rss_mb']:,.0f}" + ("" if r["own_peak"] else "*")]
+        cells += [f"{r['peak_gpu_mb']:,.0f}"] if gpu else []
+        cells += [f"{100 * r['mAP']:.1f}", f"{100 * r['R1']:.1f}"]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 if __name__ == "__main__":
     main()

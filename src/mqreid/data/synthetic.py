@@ -379,7 +379,8 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: in
     palette[OCCLUDER] = _jitter(rng, cam.clutter[rng.integers(len(cam.clutter))] * rng.uniform(0.4, 1.0), 0.2)
     img = palette[labels]
 
-    ys, xs = np.mgrid[0:h2, 0:w2].astype(np.float32)
+    ys = np.arange(h2, dtype=np.float32)[:, None]  # [h2, 1] and [1, w2]: masks below broadcast to [h2, w2]
+    xs = np.arange(w2, dtype=np.float32)[None, :]
     period = max(ident.period * u, 2.0)
     stripe_y = ((ys - torso_top) // period) % 2 == 1
     stripe_x = ((xs - cx + period / 2) // period) % 2 == 1
@@ -398,10 +399,11 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: in
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     img = np.where((labels == BG)[..., None], crop, img)
-    img = img.reshape(height, 2, width, 2, 3).mean(axis=(1, 3))
+    img = 0.25 * (img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2])  # 2x2 box filter
 
     # lighting: per-image brightness and a gradient around the camera's light direction
-    gy, gx = np.mgrid[-1:1:height * 1j, -1:1:width * 1j]
+    gy = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
+    gx = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
     ldir = cam.light_dir + rng.normal(0, 0.1, 2)
     img = img * (np.exp(rng.normal(0, 0.12)) * (1 + ldir[0] * gx + ldir[1] * gy))[..., None]
     # camera tone: white balance + saturation + hue rotation, per-channel gamma, black lift / white clip

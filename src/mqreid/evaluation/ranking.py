@@ -106,7 +106,9 @@ def _as_id_arrays(
 def _as_ids(x: Any, name: str, length: int, length_name: str, device: torch.device) -> Tensor:
     ids = _as_tensor(x)
     if ids.ndim != 1 or ids.shape[0] != length:
-        raise ValueError(f"{name} must be a 1-D array of {length} ids ({length_name}); got shape {tuple(ids.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-D array of {length} ids ({length_name}); got shape {tuple(ids.shape)}"
+        )
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer ids; got dtype {ids.dtype}")
     return ids.to(device=device, dtype=torch.int64)
@@ -156,9 +158,17 @@ def _rank_chunk(
 
 
 def _evaluate(
-    dist_rows: Callable[[slice], Tensor], ids: tuple[Tensor, ...], num_q: int, num_g: int, max_rank: int, chunk_size: int
+    dist_rows: Callable[[slice], Tensor],
+    ids: tuple[Tensor, ...],
+    num_q: int,
+    num_g: int,
+    max_rank: int,
+    chunk_size: int,
 ) -> dict:
-    """Rank ``dist_rows(rows)`` [C, G] chunk by chunk and average; ``ids`` = q_pids, q_camids, g_pids, g_camids."""
+    """Rank the distances ``dist_rows(rows)`` [C, G] of each chunk of queries and summarise.
+
+    ``ids`` = (q_pids [Q], q_camids [Q], g_pids [G], g_camids [G]), int64 on the distances' device.
+    """
     q_pids, q_camids, g_pids, g_camids = ids
     aps, firsts = [], []
     for start in range(0, num_q, chunk_size):
@@ -209,7 +219,9 @@ def evaluate_ranking(
     if dist.ndim != 2 or 0 in dist.shape:
         raise ValueError(f"distmat must be a non-empty [Q, G] matrix; got shape {tuple(dist.shape)}")
     num_q, num_g = dist.shape
-    ids = _as_id_arrays((q_pids, q_camids, g_pids, g_camids), num_q, num_g, "distmat.shape[0]", "distmat.shape[1]", dist.device)
+    ids = _as_id_arrays(
+        (q_pids, q_camids, g_pids, g_camids), num_q, num_g, "distmat.shape[0]", "distmat.shape[1]", dist.device
+    )
     return _evaluate(dist.__getitem__, ids, num_q, num_g, max_rank, chunk_size)
 
 
@@ -233,7 +245,8 @@ def evaluate_features(
     Args:
         q_feats: [Q, D] query features; g_feats: [G, D] gallery features (torch or numpy).
         q_pids, q_camids: [Q] integer ids and cameras; g_pids, g_camids: [G].
-        metric: ``"euclidean"`` (squared) or ``"cosine"``.
+        metric: ``"euclidean"`` (squared; ``2 - 2 cos`` for L2-normalised features, computed with
+            the general formula so unnormalised features are fine too) or ``"cosine"``.
         max_rank, chunk_size: as in :func:`evaluate_ranking`.
 
     Returns:
@@ -243,7 +256,9 @@ def evaluate_features(
     _check_chunk(chunk_size, max_rank)
     q, g = _feature_pair(q_feats, g_feats, "q_feats", "g_feats")
     num_q, num_g = q.shape[0], g.shape[0]
-    ids = _as_id_arrays((q_pids, q_camids, g_pids, g_camids), num_q, num_g, "q_feats.shape[0]", "g_feats.shape[0]", q.device)
+    ids = _as_id_arrays(
+        (q_pids, q_camids, g_pids, g_camids), num_q, num_g, "q_feats.shape[0]", "g_feats.shape[0]", q.device
+    )
     if metric == "cosine":
         g_inv_norm = _inv_norm(g)  # gallery terms once for all chunks
 
