@@ -48,6 +48,7 @@ def as_unit_features(features: torch.Tensor | np.ndarray, name: str = "features"
 
 def _faiss_available() -> bool:
     try:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every CPU-feature probe
         import faiss  # noqa: F401
     except ImportError:
         return False

@@ -13,8 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mqreid.data.loader import build_test_loader
 from mqreid.data.transforms import build_test_transform
-from mqreid.evaluation import evaluate_features, evaluate_ranking, extract_features
-from mqreid.evaluation.rerank import re_ranking
+from mqreid.evaluation import evaluate_features, evaluate_ranking, extract_features, re_ranking
 
 from .checkpoint import load_checkpoint
 from .distributed import resolve_device

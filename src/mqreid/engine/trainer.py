@@ -27,8 +27,7 @@ from tqdm import tqdm
 
 from mqreid.data.loader import build_test_loader, build_train_loader
 from mqreid.data.transforms import build_test_transform, build_train_transform
-from mqreid.evaluation import evaluate_features, extract_features
-from mqreid.evaluation.clustering import pseudo_label_quality
+from mqreid.evaluation import evaluate_features, evaluate_ranking, extract_features, pseudo_label_quality, re_ranking
 
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_atomic
@@ -145,8 +144,6 @@ class Trainer:
         qf, gf = self.extract(ds.query), self.extract(ds.gallery)
         ids = lambda items, k: np.array([it[k] for it in items])  # noqa: E731
         if ev.rerank:
-            from mqreid.evaluation import evaluate_ranking, re_ranking
-
             dist = re_ranking(qf, gf, k1=ev.k1, k2=ev.k2, lambda_value=ev.lambda_value)
             m = evaluate_ranking(dist, ids(ds.query, 1), ids(ds.gallery, 1), ids(ds.query, 2), ids(ds.gallery, 2))
         else:

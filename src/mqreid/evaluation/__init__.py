@@ -1,6 +1,10 @@
-"""Evaluation: ranking metrics (mAP, CMC), pairwise distances and feature extraction."""
+"""Evaluation: ranking metrics (mAP, CMC), distances, k-reciprocal re-ranking, feature extraction and
+pseudo-label quality."""
 
 from mqreid.evaluation.extract import extract_features
+from mqreid.evaluation.clustering import pseudo_label_quality
 from mqreid.evaluation.ranking import METRICS, evaluate_features, evaluate_ranking, pairwise_distance
+from mqreid.evaluation.rerank import re_ranking
 
-__all__ = ["METRICS", "evaluate_features", "evaluate_ranking", "extract_features", "pairwise_distance"]
+__all__ = ["METRICS", "evaluate_features", "evaluate_ranking", "extract_features", "pairwise_distance",
+           "pseudo_label_quality", "re_ranking"]

@@ -48,7 +48,7 @@ def _to_ibn_a(net: resnet.ResNet) -> None:
 
 
 class SmallCNN(nn.Module):
-    """Four stages of two conv-BN-ReLU (32-256 channels, ~1.2 M parameters): fast enough to train on a CPU."""
+    """Four stages of two conv-BN-ReLU (default 32-256 channels, ~1.2 M parameters): trains on a CPU."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
         super().__init__()
@@ -97,10 +97,13 @@ def load_pretrained(arch: str, pretrained: bool | str) -> dict[str, torch.Tensor
         ) from err
 
 
-def build_trunk(arch: str, *, pretrained: bool | str = False, last_stride: int = 1) -> tuple[nn.Module, int]:
-    """Build a trunk by name (one of :data:`ARCHS`)."""
+def build_trunk(arch: str, *, pretrained: bool | str = False, last_stride: int = 1,
+                widths: tuple[int, ...] | None = None) -> tuple[nn.Module, int]:
+    """Build a trunk by name (one of :data:`ARCHS`); ``widths`` sets the stage widths of ``small_cnn``."""
+    if widths is not None and arch != "small_cnn":
+        raise ValueError(f"backbone.widths applies to small_cnn only, not to {arch!r}")
     if arch == "small_cnn":
-        net = SmallCNN()
+        net = SmallCNN(tuple(widths) if widths is not None else (32, 64, 128, 256))
         if pretrained:
             raise ValueError("backbone.pretrained: small_cnn has no pretrained weights; set it to false")
         return net, net.out_channels

@@ -46,7 +46,8 @@ class ReIDModel(nn.Module):
 
 
 def build_model(arch: str = "resnet50", *, pretrained: bool | str = False, last_stride: int = 1,
-                pooling: str = "gem", neck: bool = True) -> ReIDModel:
+                pooling: str = "gem", neck: bool = True, widths: list[int] | None = None) -> ReIDModel:
     """Build the embedding model from the ``backbone`` config group."""
-    trunk, channels = build_trunk(arch, pretrained=pretrained, last_stride=last_stride)
+    trunk, channels = build_trunk(arch, pretrained=pretrained, last_stride=last_stride,
+                                  widths=tuple(widths) if widths is not None else None)
     return ReIDModel(trunk, channels, pooling=pooling, neck=neck)
