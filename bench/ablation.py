@@ -1,10 +1,11 @@
 """Ablation on the synthetic benchmark: memory x temperature x clusterer, several seeds, mean ± std.
 
-    python bench/ablation.py                      # 2 x 2 x 2 settings x 3 seeds, the default schedule
-    python bench/ablation.py --seeds 0 1 2 --set train.epochs=8   # any extra override for every run
+    python bench/ablation.py                                   # 2 x 2 x 2 settings x 3 seeds
+    python bench/ablation.py --jobs 2 --set train.epochs=12 train.iters=50 eval.every=12
 
-Each run is the same as `python train.py memory=... temp=... clusterer=... seed=...` (plus --set overrides);
-runs go to bench/runs/ablation/<setting>/seed<k>/ and the table to stdout and --out (markdown).
+Every run is the command line `python train.py memory=M temp=T clusterer=C seed=S <--set overrides>`,
+written to <runs>/<M>-<T>-<C>/seed<S>/ (a finished run is reused: delete its folder to rerun). With
+--jobs N, N runs go at once, each with cpu_count // N threads. The markdown table goes to stdout and --out.
 """
 
 from __future__ import annotations
@@ -12,25 +13,29 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
+import os
 import statistics
-import time
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(overrides: list[str], run_dir: Path) -> dict:
-    from mqreid.engine.trainer import Trainer
+def run_one(overrides: list[str], run_dir: Path, threads: int) -> dict:
+    results = run_dir / "results.json"
+    if not results.exists():
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
+        cmd = [sys.executable, str(REPO / "train.py"), *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(results.read_text())
 
-    results_file = run_dir / "results.json"
-    if results_file.exists():  # finished before: reuse (delete the folder to rerun)
-        return json.loads(results_file.read_text())
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return Trainer(cfg, run_dir).fit()
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
 def main() -> None:
@@ -40,36 +45,34 @@ def main() -> None:
     ap.add_argument("--clusterers", nargs="+", default=["dbscan", "infomap"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for every run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once")
     ap.add_argument("--runs", type=Path, default=REPO / "bench" / "runs" / "ablation")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown table here")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
 
-    rows = []
-    for memory, temp, clusterer in itertools.product(args.memories, args.temps, args.clusterers):
-        name = f"{memory}-{temp}-{clusterer}"
-        finals, bests, inits, secs = [], [], [], []
-        for seed in args.seeds:
-            overrides = [f"memory={memory}", f"temp={temp}", f"clusterer={clusterer}", f"seed={seed}",
-                         "progress=false", *args.set]
-            t0 = time.perf_counter()
-            res = run_one(overrides, args.runs / name / f"seed{seed}")
-            secs.append(res.get("seconds", time.perf_counter() - t0))
-            finals.append((res["final"]["mAP"], res["final"]["rank1"]))
-            bests.append(res["best"]["mAP"])
-            inits.append(res["initial"]["mAP"])
-            print(f"{name} seed {seed}: initial {inits[-1]:.1f} -> final mAP {finals[-1][0]:.1f} "
-                  f"R1 {finals[-1][1]:.1f} ({secs[-1]:.0f} s)", flush=True)
-        rows.append((memory, temp, clusterer, inits, [f[0] for f in finals], [f[1] for f in finals], secs))
+    settings = list(itertools.product(args.memories, args.temps, args.clusterers))
+    jobs = [(s, seed) for s in settings for seed in args.seeds]
 
-    def ms(v):
-        return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+    def work(job):
+        (memory, temp, clusterer), seed = job
+        overrides = [f"memory={memory}", f"temp={temp}", f"clusterer={clusterer}", f"seed={seed}", *args.set]
+        res = run_one(overrides, args.runs / f"{memory}-{temp}-{clusterer}" / f"seed{seed}", threads)
+        print(f"{memory}-{temp}-{clusterer} seed {seed}: mAP {res['initial']['mAP']:.1f} -> "
+              f"{res['final']['mAP']:.1f}, R1 {res['final']['rank1']:.1f} ({res['seconds']:.0f} s)", flush=True)
+        return job, res
 
-    lines = [f"seeds {args.seeds}; overrides {args.set or 'none'}", "",
-             "| memory | temperature | clusterer | initial mAP | final mAP | final Rank-1 | s/run |",
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = dict(pool.map(work, jobs))
+
+    lines = [f"seeds {args.seeds}; overrides: {' '.join(args.set) or 'none'}", "",
+             "| memory | temperature | clusterer | initial mAP | final mAP | final Rank-1 | s / run |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {t} | {c} | {ms(i)} | {ms(f)} | {ms(r)} | {statistics.mean(s):.0f} |"
-              for m, t, c, i, f, r, s in rows]
+    for s in settings:
+        rs = [results[(s, seed)] for seed in args.seeds]
+        lines.append(f"| {s[0]} | {s[1]} | {s[2]} | {mean_std([r['initial']['mAP'] for r in rs])} | "
+                     f"{mean_std([r['final']['mAP'] for r in rs])} | {mean_std([r['final']['rank1'] for r in rs])} | "
+                     f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

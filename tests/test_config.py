@@ -68,7 +68,7 @@ def test_presets_map_the_original_flags():
 
 
 def test_specialisation_applies_to_the_synthetic_default_only():
-    assert compose_config([]).clusterer.eps == 0.45
+    assert compose_config([]).clusterer.eps == 0.5
     assert compose_config(["dataset=market1501"]).clusterer.eps == 0.6
 
 

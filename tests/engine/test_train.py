@@ -99,3 +99,16 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt.*not an mqreid checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_camera_centering_removes_the_per_camera_mean():
+    from mqreid.engine.trainer import camera_centering
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(12, 5, generator=g) + torch.tensor([3.0, 0, 0, 0, 0]), dim=1)
+    cams = torch.tensor([0] * 6 + [1] * 6)
+    out = camera_centering(feats, cams)
+    assert torch.allclose(out.norm(dim=1), torch.ones(12), atol=1e-6)
+    for c in (0, 1):  # centred before normalising: the direction of the mean is gone
+        centred = feats[cams == c] - feats[cams == c].mean(0)
+        assert torch.allclose(out[cams == c], torch.nn.functional.normalize(centred, dim=1), atol=1e-6)
