@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mqreid.data.loader import build_test_loader
 from mqreid.data.transforms import build_test_transform
-from mqreid.evaluation import evaluate_features, evaluate_ranking, extract_features, re_ranking
+from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_features, re_ranking,
+                               summarise_percent)
 
 from .checkpoint import load_checkpoint
 from .distributed import resolve_device
@@ -22,9 +23,7 @@ log = logging.getLogger("mqreid")
 
 
 def _row(m: dict[str, Any]) -> dict[str, float]:
-    cmc = m["cmc"]
-    return {"mAP": 100 * m["mAP"], "rank1": 100 * float(cmc[0]), "rank5": 100 * float(cmc[4]),
-            "rank10": 100 * float(cmc[9]), "num_valid_queries": int(m["num_valid_queries"])}
+    return {**summarise_percent(m), "num_valid_queries": int(m["num_valid_queries"])}
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:

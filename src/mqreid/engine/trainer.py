@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from mqreid.data.loader import build_test_loader, build_train_loader
 from mqreid.data.transforms import build_test_transform, build_train_transform
-from mqreid.evaluation import evaluate_features, evaluate_ranking, extract_features, pseudo_label_quality, re_ranking
+from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_features, pseudo_label_quality,
+                               re_ranking, summarise_percent)
 
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_atomic
@@ -60,12 +61,6 @@ def library_versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "scikit-learn": sklearn.__version__, "hydra": hydra.__version__}
-
-
-def _pct(metrics: dict[str, Any]) -> dict[str, float]:
-    cmc = metrics["cmc"]
-    return {"mAP": 100 * metrics["mAP"], "rank1": 100 * float(cmc[0]), "rank5": 100 * float(cmc[4]),
-            "rank10": 100 * float(cmc[9])}
 
 
 class Trainer:
@@ -149,7 +144,7 @@ class Trainer:
         else:
             m = evaluate_features(qf.to(self.device), gf.to(self.device), ids(ds.query, 1), ids(ds.gallery, 1),
                                   ids(ds.query, 2), ids(ds.gallery, 2), metric=ev.metric)
-        return _pct(m)
+        return summarise_percent(m)
 
     # ------------------------------------------------------------------ one epoch
     def cluster(self, feats: torch.Tensor) -> np.ndarray:

@@ -3,8 +3,9 @@ pseudo-label quality."""
 
 from mqreid.evaluation.extract import extract_features
 from mqreid.evaluation.clustering import pseudo_label_quality
-from mqreid.evaluation.ranking import METRICS, evaluate_features, evaluate_ranking, pairwise_distance
+from mqreid.evaluation.ranking import (METRICS, evaluate_features, evaluate_ranking, pairwise_distance,
+                                       summarise_percent)
 from mqreid.evaluation.rerank import re_ranking
 
 __all__ = ["METRICS", "evaluate_features", "evaluate_ranking", "extract_features", "pairwise_distance",
-           "pseudo_label_quality", "re_ranking"]
+           "pseudo_label_quality", "re_ranking", "summarise_percent"]

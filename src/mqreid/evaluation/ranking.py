@@ -271,3 +271,10 @@ def evaluate_features(
             return _sq_euclidean(q[rows], g, g_sq)
 
     return _evaluate(dist_rows, ids, num_q, num_g, max_rank, chunk_size)
+
+
+def summarise_percent(result: dict) -> dict[str, float]:
+    """mAP and Rank-1/5/10 of an :func:`evaluate_ranking` result, in percent (the unit of the logs)."""
+    cmc = result["cmc"]
+    return {"mAP": 100 * result["mAP"], "rank1": 100 * float(cmc[0]), "rank5": 100 * float(cmc[4]),
+            "rank10": 100 * float(cmc[9])}
