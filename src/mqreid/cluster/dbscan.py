@@ -12,6 +12,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from mqreid.cluster.jaccard import jaccard_distance
+from mqreid.cluster.knn import check_params
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,7 @@ class DBSCANClusterer:
 
     def _validate(self) -> None:
         _check_eps(self.eps)
-        for name in ("min_samples", "k1", "k2"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if self.knn not in ("auto", "faiss", "torch"):
-            raise ValueError(f"knn: expected one of ('auto', 'faiss', 'torch'), got {self.knn!r}")
+        check_params(self, ("min_samples", "k1", "k2"))
 
     def fit(self, features) -> "DBSCANClusterer":
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""

@@ -10,7 +10,7 @@ import infomap
 import numpy as np
 
 from mqreid.cluster.dbscan import cluster_summary
-from mqreid.cluster.knn import knn_search
+from mqreid.cluster.knn import check_params, knn_search
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,11 @@ class InfomapClusterer:
         self.seed = seed
 
     def _validate(self) -> None:
-        for name in ("k", "min_cluster_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        check_params(self, ("k", "min_cluster_size"))
         if not isinstance(self.min_sim, (int, float, np.floating)) or not -1 <= self.min_sim <= 1:
             raise ValueError(f"min_sim: expected a cosine similarity in [-1, 1], got {self.min_sim!r}")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
-        if self.knn not in ("auto", "faiss", "torch"):
-            raise ValueError(f"knn: expected one of ('auto', 'faiss', 'torch'), got {self.knn!r}")
 
     def fit(self, features) -> "InfomapClusterer":
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""

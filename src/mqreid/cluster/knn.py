@@ -55,6 +55,16 @@ def _faiss_available() -> bool:
     return True
 
 
+def check_params(owner: object, positive_ints: tuple[str, ...]) -> None:
+    """Validate a clusterer's integer parameters (each >= 1) and its ``knn`` backend name."""
+    for name in positive_ints:
+        value = getattr(owner, name)
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    if owner.knn not in BACKENDS:
+        raise ValueError(f"knn: expected one of {BACKENDS}, got {owner.knn!r}")
+
+
 def resolve_backend(backend: str) -> str:
     """Map ``auto`` to ``faiss`` when faiss imports, else ``torch``; validate the name."""
     if backend not in BACKENDS:
