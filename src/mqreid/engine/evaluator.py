@@ -46,10 +46,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"{state['path']}: the weights do not fit backbone {train_cfg.backbone.arch}: {err}") from err
     model.to(device)
     ds = instantiate(cfg.dataset, root=to_absolute_path(cfg.dataset.root))
-    height = cfg.input.height or train_cfg.input.height
-    width = cfg.input.width or train_cfg.input.width
-    tf = build_test_transform(height, width)
     ev = cfg.eval
+    height, width = ev.height or train_cfg.input.height, ev.width or train_cfg.input.width
+    tf = build_test_transform(height, width)
 
     def feats(items):
         loader = build_test_loader(items, transform=tf, batch_size=ev.batch_size, num_workers=ev.num_workers)
