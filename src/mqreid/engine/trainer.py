@@ -96,6 +96,9 @@ class Trainer:
         if self.cuda and t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.env.enabled and t.sync_bn:
+            if not self.cuda:
+                raise ValueError("train.sync_bn=true needs CUDA devices: torch's SyncBatchNorm has no CPU kernel; "
+                                 "set train.sync_bn=false for gloo/CPU runs")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.net = DistributedDataParallel(model, device_ids=[self.device] if self.cuda else None) \
