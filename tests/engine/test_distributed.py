@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, TINY_EPS
 
 
 def _free_port() -> int:
@@ -38,7 +38,7 @@ def _worker(rank, world, port, cfg, out_dir):
 
 @pytest.fixture
 def ddp_cfg(tiny_cfg):
-    return tiny_cfg("temp=learnable", "clusterer.eps=0.5", "train.epochs=2", "train.iters=3")
+    return tiny_cfg("temp=learnable", TINY_EPS, "train.epochs=2", "train.iters=3")
 
 
 def test_two_ranks_stay_identical_and_match_one_process(ddp_cfg, tmp_path):
