@@ -204,9 +204,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             config = OmegaConf.to_container(cfg, resolve=True)
-            (self.run_dir / "environment.json").write_text(json.dumps(
-                {"versions": library_versions(), "world_size": self.env.world_size, "device": str(self.device)},
-                indent=2))
+            _write_json(self.run_dir / "environment.json", {"versions": library_versions(),
+                                                             "world_size": self.env.world_size,
+                                                             "device": str(self.device)})
             self.logger.start(config, str(self.run_dir))
         t_start = time.perf_counter()
         if not self.results.get("initial"):
