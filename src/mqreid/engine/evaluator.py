@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from mqreid.data.transforms import build_test_transform
 from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_features, re_ranking,
                                summarise_percent)
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, write_json_atomic
 from .distributed import resolve_device
 
 log = logging.getLogger("mqreid")
@@ -68,8 +67,6 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     out = Path(to_absolute_path(cfg.output)) if cfg.output else \
         Path(state["path"]).with_name(f"{Path(state['path']).stem}_eval_{cfg.dataset.name}.json")
     result = {"checkpoint": state["path"], "dataset": cfg.dataset.name, "input": [height, width], **rows}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    write_json_atomic(out, result)
     log.info("wrote %s", out)
     return result

@@ -31,7 +31,7 @@ from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_feat
                                re_ranking, summarise_percent)
 
 from . import distributed as D
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from .loggers import ConsoleLogger
 
 log = logging.getLogger("mqreid")
@@ -204,7 +204,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "checkpoints").mkdir(exist_ok=True)
             config = OmegaConf.to_container(cfg, resolve=True)
-            _write_json(self.run_dir / "environment.json", {"versions": library_versions(),
+            write_json_atomic(self.run_dir / "environment.json", {"versions": library_versions(),
                                                              "world_size": self.env.world_size,
                                                              "device": str(self.device)})
             self.logger.start(config, str(self.run_dir))
@@ -261,7 +261,7 @@ class Trainer:
         self.results.update(world_size=self.env.world_size, epochs=t.epochs,
                             seconds=time.perf_counter() - t_start + self.results.get("seconds", 0.0))
         if self.main:
-            _write_json(self.run_dir / "results.json", self.results)
+            write_json_atomic(self.run_dir / "results.json", self.results)
             self.logger.finish()
             log.info("results: initial mAP %.1f | best mAP %.1f (epoch %d) | final mAP %.1f R1 %.1f",
                      self.results["initial"]["mAP"], self.results.get("best", {}).get("mAP", math.nan),
@@ -311,12 +311,6 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.history)
         log.info("resumed from %s at epoch %d", state["path"], self.start_epoch)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
