@@ -109,7 +109,7 @@ def test_bad_checkpoints_name_the_file(tmp_path):
 
 
 def test_camera_centering_removes_the_per_camera_mean():
-    from mqreid.engine.trainer import camera_centering
+    from mqreid.cluster import camera_centering
 
     g = torch.Generator().manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(12, 5, generator=g) + torch.tensor([3.0, 0, 0, 0, 0]), dim=1)

@@ -4,11 +4,13 @@
 - :func:`jaccard_distance`: sparse k-reciprocal Jaccard distance, memory O(N·k).
 - :class:`DBSCANClusterer`: DBSCAN on that graph; :func:`dbscan_eps_sweep` for cheap eps scans.
 - :class:`InfomapClusterer`: two-level directed Infomap on a cosine kNN graph.
+- :func:`camera_centering`: per-camera mean removal before clustering.
 """
 
+from mqreid.cluster.camera import camera_centering
 from mqreid.cluster.dbscan import DBSCANClusterer, dbscan_eps_sweep
 from mqreid.cluster.infomap import InfomapClusterer
 from mqreid.cluster.jaccard import jaccard_distance
 from mqreid.cluster.knn import knn_search
 
-__all__ = ["DBSCANClusterer", "InfomapClusterer", "dbscan_eps_sweep", "jaccard_distance", "knn_search"]
+__all__ = ["DBSCANClusterer", "camera_centering", "InfomapClusterer", "dbscan_eps_sweep", "jaccard_distance", "knn_search"]

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from mqreid.cluster import camera_centering
 from mqreid.data.loader import build_test_loader, build_train_loader
 from mqreid.data.transforms import build_test_transform, build_train_transform
 from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_features, pseudo_label_quality,
@@ -42,16 +43,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def camera_centering(features: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
-    """Subtract each camera's mean feature and re-normalise: removes the per-camera offset that otherwise
-    makes clusters follow cameras instead of identities."""
-    out = features.clone()
-    for c in torch.unique(camids):
-        sel = camids == c
-        out[sel] -= out[sel].mean(0, keepdim=True)
-    return F.normalize(out, dim=1)
 
 
 def library_versions() -> dict[str, str]:
