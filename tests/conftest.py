@@ -26,7 +26,7 @@ def compose_config(overrides=(), name="config"):
 TINY = [
     "dataset.num_train_ids=8", "dataset.num_test_ids=6", "dataset.num_cameras=3",
     "dataset.camera_shift=0.3", "dataset.noise=0.3", "dataset.occlusion=0.1",
-    "train.epochs=2", "train.iters=2", "train.batch_size=16", "train.num_instances=4",
+    "train.epochs=2", "train.iters=2", "train.batch_size=16", "train.num_instances=4", "train.bn_group=8",
     "train.test_batch_size=128", "train.num_workers=0", "eval.every=1", "progress=false", "device=cpu",
 ]
 

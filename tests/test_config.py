@@ -59,8 +59,14 @@ def test_eval_config_requires_checkpoint():
 
 def test_presets_map_the_original_flags():
     cfg = compose_config(["experiment=market1501_infomap"])
-    assert cfg.clusterer.min_sim == 0.5 and cfg.clusterer.k == 15 and cfg.clusterer.min_cluster_size == 5
+    # --k1 15 counts the point itself: 14 neighbours; --k2 4: clusters of <= 4 images are outliers
+    assert cfg.clusterer.min_sim == 0.5 and cfg.clusterer.k == 14 and cfg.clusterer.min_cluster_size == 5
     assert cfg.backbone.arch == "resnet50" and cfg.train.batch_size == 256 and cfg.train.num_instances == 16
+    # the original's sampler, BatchNorm over 64 images (4 GPUs at 256), fp32, unnormalised queue init,
+    # and the learned raw temperature at lr x tlr with the optimiser's weight decay
+    assert cfg.train.sampler == "random_multiple_gallery" and cfg.train.bn_group == 64 and not cfg.train.amp
+    assert cfg.memory.init == "centroid" and cfg.memory.queue_size == 16
+    assert cfg.temp.tlr == 0.01 and cfg.temp.weight_decay is None and cfg.optim.optimizer.weight_decay == 5e-4
     cfg = compose_config(["experiment=msmt17_dbscan"])
     assert cfg.clusterer.eps == 0.6 and cfg.clusterer.k1 == 30 and cfg.train.iters == 400
     cfg = compose_config(["experiment=veri_dbscan"])

@@ -1,6 +1,8 @@
-"""Transforms, the PK sampler and the train/test loaders on tiny hand-built inputs."""
+"""Transforms, the samplers and the train/test loaders on tiny hand-built inputs."""
 
 from __future__ import annotations
+
+import math
 
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from PIL import Image
 
 from mqreid.data.base import ImageItem
 from mqreid.data.loader import ImageDataset, ImageReadError, build_test_loader, build_train_loader
-from mqreid.data.sampler import PKSampler
+from mqreid.data.sampler import CameraRoundRobinSampler, RandomMultipleGallerySampler, sample_key
 from mqreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
 
 H, W = 32, 16
@@ -48,6 +50,34 @@ def test_train_transform_without_randomness_equals_test_of_mirror() -> None:
     torch.testing.assert_close(t(img), expected)
 
 
+def test_random_erasing_draws_the_aspect_uniformly() -> None:
+    """The original draws the aspect ratio uniformly in [0.3, 1/0.3] and the area fraction uniformly in
+    [0.02, 0.4], retrying until the box fits; torchvision draws the aspect log-uniformly. Compared with a
+    plain-loop simulation of the original's rule (numpy RNG) on a 256 x 128 image."""
+    from mqreid.data.transforms import RandomErasing
+
+    def original(rng, height=256, width=128):
+        for _ in range(100):
+            target = height * width * rng.uniform(0.02, 0.4)
+            aspect = rng.uniform(0.3, 1 / 0.3)
+            h, w = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if h < height and w < width:
+                return h, w
+
+    rng = np.random.default_rng(0)
+    ref = np.array([original(rng) for _ in range(6000)], dtype=float)
+    torch.manual_seed(0)
+    erase = RandomErasing(p=1.0)
+    boxes = [erase.box(256, 128) for _ in range(6000)]
+    ours = np.array([(h, w) for _, _, h, w in boxes], dtype=float)
+    for stat in (lambda b: b[:, 0] / b[:, 1], lambda b: b[:, 0] * b[:, 1]):
+        assert stat(ours).mean() == pytest.approx(stat(ref).mean(), rel=0.03)
+        assert np.median(stat(ours)) == pytest.approx(np.median(stat(ref)), rel=0.05)
+    log_uniform_mean = (1 / 0.3 - 0.3) / math.log(1 / 0.3 ** 2)  # what torchvision's draw would give, unclipped
+    assert (ours[:, 0] / ours[:, 1]).mean() > log_uniform_mean + 0.2
+    assert all(0 <= t and t + h <= 256 and 0 <= left and left + w <= 128 for t, left, h, w in boxes)
+
+
 def test_train_transform_erasing_fills_mean() -> None:
     torch.manual_seed(0)
     img = Image.new("RGB", (W, H), (255, 255, 255))
@@ -70,15 +100,15 @@ PIDS = [0] * 9 + [1] * 6 + [2] * 5 + [3] * 2 + [4] * 4
 CAMS = [0, 0, 0, 0, 0, 0, 0, 1, 2] + [0, 0, 0, 0, 1, 1] + [3] * 5 + [0, 1] + [2, 2, 5, 5]
 
 
-def batches_of(sampler: PKSampler, size: int) -> list[list[int]]:
-    flat = list(sampler)
+def batches_of(sampler, size: int) -> list[list[int]]:
+    flat = [index for index, _ in sampler]
     assert len(flat) == len(sampler)
     return [flat[i:i + size] for i in range(0, len(flat), size)]
 
 
 def test_pk_structure() -> None:
     k, p, iters = 4, 3, 10
-    sampler = PKSampler(PIDS, CAMS, batch_size=p * k, num_instances=k, iters=iters, seed=3)
+    sampler = CameraRoundRobinSampler(PIDS, CAMS, batch_size=p * k, num_instances=k, iters=iters, seed=3)
     batches = batches_of(sampler, p * k)
     assert len(batches) == iters and len(sampler) == iters * p * k
     for batch in batches:
@@ -92,7 +122,7 @@ def test_pk_structure() -> None:
 
 def test_identities_cycle_without_replacement() -> None:
     # 5 identities, P = 1: every run of 5 consecutive batches is one permutation of all identities
-    sampler = PKSampler(PIDS, CAMS, batch_size=2, num_instances=2, iters=15, seed=1)
+    sampler = CameraRoundRobinSampler(PIDS, CAMS, batch_size=2, num_instances=2, iters=15, seed=1)
     order = [PIDS[b[0]] for b in batches_of(sampler, 2)]
     for cycle in range(3):
         assert sorted(order[5 * cycle:5 * cycle + 5]) == [0, 1, 2, 3, 4]
@@ -100,7 +130,7 @@ def test_identities_cycle_without_replacement() -> None:
 
 def test_camera_preference_and_replacement() -> None:
     k = 4
-    sampler = PKSampler(PIDS, CAMS, batch_size=5 * k, num_instances=k, iters=20, seed=0)
+    sampler = CameraRoundRobinSampler(PIDS, CAMS, batch_size=5 * k, num_instances=k, iters=20, seed=0)
     cams_of = {pid: {c for p, c in zip(PIDS, CAMS) if p == pid} for pid in set(PIDS)}
     for batch in batches_of(sampler, 5 * k):
         for b in range(5):
@@ -116,9 +146,10 @@ def test_camera_preference_and_replacement() -> None:
 
 
 def test_sampler_determinism_and_set_epoch() -> None:
-    make = lambda seed: PKSampler(PIDS, CAMS, batch_size=8, num_instances=4, iters=6, seed=seed)
+    make = lambda seed: CameraRoundRobinSampler(PIDS, CAMS, batch_size=8, num_instances=4, iters=6, seed=seed)
     a, b = make(7), make(7)
     assert list(a) == list(b) == list(a)
+    assert [key for _, key in a] == [sample_key(7, 0, i) for i in range(len(a))]
     a.set_epoch(1)
     epoch1 = list(a)
     assert epoch1 != list(b)
@@ -130,10 +161,10 @@ def test_sampler_determinism_and_set_epoch() -> None:
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_distributed_slices_union_equals_global_batch(world_size: int) -> None:
     k, p = 2, 4
-    full = batches_of(PKSampler(PIDS, CAMS, batch_size=p * k, num_instances=k, iters=5, seed=2), p * k)
+    full = batches_of(CameraRoundRobinSampler(PIDS, CAMS, batch_size=p * k, num_instances=k, iters=5, seed=2), p * k)
     per_rank = p * k // world_size
     shards = [
-        batches_of(PKSampler(PIDS, CAMS, p * k, k, 5, seed=2, rank=r, world_size=world_size), per_rank)
+        batches_of(CameraRoundRobinSampler(PIDS, CAMS, p * k, k, 5, seed=2, rank=r, world_size=world_size), per_rank)
         for r in range(world_size)
     ]
     for step, batch in enumerate(full):
@@ -142,15 +173,83 @@ def test_distributed_slices_union_equals_global_batch(world_size: int) -> None:
 
 def test_sampler_errors_and_few_identities() -> None:
     with pytest.raises(ValueError, match="pids must be >= 0"):
-        PKSampler([0, -1], [0, 0], batch_size=2, num_instances=1, iters=1)
+        CameraRoundRobinSampler([0, -1], [0, 0], batch_size=2, num_instances=1, iters=1)
     with pytest.raises(ValueError, match=r"batch_size \(12\).*num_instances \(4\).*world size \(2\)"):
-        PKSampler(PIDS, CAMS, batch_size=12, num_instances=4, iters=1, world_size=2)
+        CameraRoundRobinSampler(PIDS, CAMS, batch_size=12, num_instances=4, iters=1, world_size=2)
     with pytest.warns(UserWarning, match="only 2 identities"):
-        sampler = PKSampler([0, 0, 1], [0, 1, 0], batch_size=8, num_instances=2, iters=3)
+        sampler = CameraRoundRobinSampler([0, 0, 1], [0, 1, 0], batch_size=8, num_instances=2, iters=3)
     pids = [0, 0, 1]
     for batch in batches_of(sampler, 8):
         block_pids = [pids[i] for i in batch[::2]]
         assert sorted(block_pids) == [0, 0, 1, 1]  # P = 4 blocks: each of the 2 identities twice
+
+
+def segments(stream: list[int], k: int) -> list[list[int]]:
+    """Split one pass of the original's sampler into identity segments: an anchor, then K - 1 followers
+    (none for a single-image identity)."""
+    out, i = [], 0
+    while i < len(stream):
+        n = 1 if PIDS_RMG.count(PIDS_RMG[stream[i]]) == 1 else k
+        out.append(stream[i:i + n])
+        i += n
+    return out
+
+
+# the identities above plus id 5 with a single image
+PIDS_RMG, CAMS_RMG = PIDS + [5], CAMS + [4]
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_random_multiple_gallery_follows_the_original_rules(k: int) -> None:
+    """Every rule of Cluster Contrast's RandomMultipleGallerySampler, checked by an explicit loop."""
+    sampler = RandomMultipleGallerySampler(PIDS_RMG, CAMS_RMG, batch_size=2 * k, num_instances=k, iters=1, seed=4)
+    members = {pid: [i for i, q in enumerate(PIDS_RMG) if q == pid] for pid in set(PIDS_RMG)}
+    repeats_seen = {pid: False for pid in members}
+    rng = sampler.rng()
+    for _ in range(30):
+        parts = segments(sampler.one_pass(rng), k)
+        # every identity once per pass, in a shuffled order
+        assert sorted(PIDS_RMG[seg[0]] for seg in parts) == sorted(members)
+        for seg in parts:
+            anchor, followers = seg[0], seg[1:]
+            pid = PIDS_RMG[anchor]
+            assert all(PIDS_RMG[i] == pid for i in followers)
+            other_cams = [i for i in members[pid] if CAMS_RMG[i] != CAMS_RMG[anchor]]
+            if len(members[pid]) == 1:
+                assert followers == []  # a single-image identity: the anchor alone
+                continue
+            assert len(followers) == k - 1
+            pool = other_cams if other_cams else [i for i in members[pid] if i != anchor]  # one-camera fallback
+            assert set(followers) <= set(pool)
+            if len(pool) >= k:
+                assert len(set(followers)) == k - 1  # without replacement
+            repeats_seen[pid] |= len(set(followers)) < len(followers)
+    # with replacement when the pool is smaller than K (and K - 1 > 1 draws can collide)
+    if k == 8:
+        assert repeats_seen[3] and repeats_seen[1]
+    assert not repeats_seen[5]
+
+
+def test_random_multiple_gallery_cuts_batches_from_the_flat_stream() -> None:
+    k, b = 4, 8
+    sampler = RandomMultipleGallerySampler(PIDS_RMG, CAMS_RMG, batch_size=b, num_instances=k, iters=7, seed=1)
+    rng, expected = sampler.rng(), []
+    while len(expected) < 7:
+        flat = sampler.one_pass(rng)  # 5 x 4 + 1 = 21 entries: 2 batches, 5 dropped (drop_last)
+        assert len(flat) == 21
+        expected += [flat[i:i + b] for i in range(0, len(flat) - b + 1, b)]
+    assert batches_of(sampler, b) == expected[:7]
+    # a pass shorter than a batch: passes are joined rather than failing
+    short = RandomMultipleGallerySampler([0, 0, 1, 1], [0, 1, 0, 1], batch_size=8, num_instances=2, iters=3)
+    assert len(batches_of(short, 8)) == 3
+
+
+def test_samplers_slice_global_batches_per_rank() -> None:
+    for cls in (RandomMultipleGallerySampler, CameraRoundRobinSampler):
+        whole = list(cls(PIDS, CAMS, batch_size=8, num_instances=2, iters=4, seed=3))
+        halves = [list(cls(PIDS, CAMS, 8, 2, 4, seed=3, rank=r, world_size=2)) for r in range(2)]
+        rebuilt = [x for step in range(4) for r in range(2) for x in halves[r][4 * step:4 * step + 4]]
+        assert rebuilt == whole  # indices and per-sample keys
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -171,7 +270,7 @@ def test_train_loader_iterations_and_pseudo_labels(image_items: list[ImageItem])
     labels[0] = -1
     torch.manual_seed(0)
     loader = build_train_loader(image_items, labels, transform=build_test_transform(H, W), batch_size=8,
-                                num_instances=2, iters=5, seed=0)
+                                num_instances=2, iters=5, seed=0, sampler="camera_round_robin")
     batches = list(loader)
     assert len(loader) == len(batches) == 5
     for images, pids, camids, indices in batches:
@@ -190,6 +289,22 @@ def test_train_loader_distributed_batch_and_workers_reproducible(image_items: li
     for (img_a, pid_a, _, idx_a), (img_b, pid_b, _, idx_b) in zip(*runs):
         assert img_a.shape == (4, 3, H, W)
         assert torch.equal(idx_a, idx_b) and torch.equal(img_a, img_b)  # augmentations reproducible
+
+
+def test_augmentation_depends_on_the_sample_not_the_process_or_worker(image_items: list[ImageItem]) -> None:
+    """The same global batch, read by 1 process or by 2 ranks, with 0 or 2 workers, is the same tensor."""
+    labels = np.array(PIDS)
+    common = dict(transform=build_train_transform(H, W, color_jitter=0.4), batch_size=8, num_instances=2,
+                  iters=3, seed=5, epoch=2)
+    whole = [b[0] for b in build_train_loader(image_items, labels, num_workers=0, **common)]
+    ranks = [[b[0] for b in build_train_loader(image_items, labels, rank=r, world_size=2, num_workers=2, **common)]
+             for r in range(2)]
+    for step, images in enumerate(whole):
+        assert torch.equal(images, torch.cat([ranks[0][step], ranks[1][step]]))
+    other_epoch = [b[0] for b in build_train_loader(image_items, labels, **{**common, "epoch": 3})]
+    assert not torch.equal(other_epoch[0], whole[0])
+    with pytest.raises(ValueError, match="train.sampler='bogus'.*random_multiple_gallery"):
+        build_train_loader(image_items, labels, sampler="bogus", **common)
 
 
 def test_train_loader_rejects_misaligned_labels(image_items: list[ImageItem]) -> None:

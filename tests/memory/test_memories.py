@@ -15,13 +15,32 @@ def _data(n=40, d=8, c=5, seed=0):
     return feats, labels
 
 
-def test_centroid_init_fills_queue_with_centroid():
+@pytest.mark.parametrize("init", ["centroid", "centroid_normalized"])
+def test_centroid_init_fills_queue_with_the_cluster_mean(init):
     feats, labels = _data()
-    mem = MultiQueueMemory(8, 5, queue_size=4, init="centroid")
+    mem = MultiQueueMemory(8, 5, queue_size=4, init=init)
     mem.reset(feats, labels)
     for c in range(5):
-        expected = F.normalize(feats[labels == c].mean(0), dim=0)
+        mean = feats[labels == c].mean(0)  # the original keeps the plain mean: its norm is below 1
+        expected = F.normalize(mean, dim=0) if init == "centroid_normalized" else mean
         assert torch.allclose(mem.queues[c], expected.expand(4, -1), atol=1e-6)
+    if init == "centroid":
+        assert (mem.queues.norm(dim=2) < 0.999).all()
+
+
+def test_random_draws_come_from_the_memory_seed_not_the_global_rng():
+    feats, labels = _data()
+    draws = []
+    for noise in (0, 1):
+        torch.manual_seed(noise)  # a different global RNG state must not matter
+        mem = MultiQueueMemory(8, 5, queue_size=6, init="members", seed=7)
+        mem.reset(feats, labels)
+        draws.append((mem.queues.clone(), mem.proxies(), mem.proxies()))
+    for a, b in zip(*draws):
+        assert torch.equal(a, b)
+    other = MultiQueueMemory(8, 5, queue_size=6, init="members", seed=8)
+    other.reset(feats, labels)
+    assert not torch.equal(other.queues, draws[0][0])
 
 
 def test_members_init_draws_only_members():
@@ -114,11 +133,46 @@ def test_bad_inputs_name_the_problem():
 
 def test_temperatures():
     assert float(FixedTemperature(0.05)()) == pytest.approx(0.05)
-    t = LearnableTemperature(0.05, tlr=0.01)
+    t = LearnableTemperature(0.05, tlr=0.01, floor=1e-3)
     assert t().item() == pytest.approx(0.05)
     opt = torch.optim.SGD(t.parameters(), lr=100.0)
-    (t() * 10).backward()  # push the temperature down hard: it must stay positive
+    (t() * 10).backward()  # push the temperature down hard: the floor keeps it positive
     opt.step()
-    assert t().item() > 0 and math.isfinite(t().item())
+    t.constrain_()
+    assert t().item() == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="temp.init"):
         LearnableTemperature(-1)
+    with pytest.raises(ValueError, match="temp.floor"):
+        LearnableTemperature(0.05, floor=0)
+
+
+def test_learnable_temperature_follows_a_raw_parameter_under_adam_and_steplr():
+    """T's trajectory equals a plain raw-parameter reference (the original's nn.Parameter(0.05) in an Adam
+    group at lr x tlr with weight decay 5e-4, decayed by StepLR) for the same gradients, and moves by about
+    lr x tlr = 3.5e-6 per step."""
+    lr, wd, steps = 3.5e-4, 5e-4, 300
+    t = LearnableTemperature(0.05, tlr=0.01)
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([{"params": [w]}, t.param_group(lr, wd)], lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.1)
+    ref = torch.nn.Parameter(torch.tensor(0.05))
+    ref_opt = torch.optim.Adam([ref], lr=lr * 0.01, weight_decay=wd)
+    ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=10, gamma=0.1)
+    g = torch.Generator().manual_seed(0)
+    trajectory, reference = [], []
+    for step in range(steps):
+        grad = 1.0 + 0.5 * torch.randn((), generator=g)  # a loss that prefers a lower temperature
+        for p, o in ((t.temperature, opt), (ref, ref_opt)):
+            o.zero_grad()
+            (p * grad).backward()
+            o.step()
+        t.constrain_()
+        if step % 10 == 9:  # "epochs" of 10 steps for the schedule
+            sched.step()
+            ref_sched.step()
+        trajectory.append(t().item())
+        reference.append(ref.item())
+    assert trajectory == pytest.approx(reference, abs=1e-9)
+    first = 0.05 - trajectory[9]  # 10 steps at the full rate
+    assert first == pytest.approx(10 * 3.5e-6, rel=0.3)
+    assert opt.param_groups[1]["weight_decay"] == wd and opt.param_groups[1]["lr"] == pytest.approx(lr * 0.01 * 0.1 ** 3)

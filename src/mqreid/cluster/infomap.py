@@ -38,7 +38,7 @@ class InfomapClusterer:
     neighbours j != i with similarity >= ``min_sim``.
 
     Args:
-        k: neighbours per point, self excluded (original ``--k1 15``).
+        k: neighbours per point, self excluded (original ``--k1 15``, which counts the point itself: 14).
         min_sim: smallest similarity that makes a link (original ``--eps 0.5``).
         min_cluster_size: smaller modules become outliers (original ``--k2 4``: sizes <= 4 are
             outliers, i.e. 5).
@@ -49,7 +49,7 @@ class InfomapClusterer:
     Points without an outgoing link are outliers. ``labels_`` [N] int64: 0..C-1, -1 = outlier.
     """
 
-    def __init__(self, k: int = 15, min_sim: float = 0.5, min_cluster_size: int = 5, knn: str = "auto",
+    def __init__(self, k: int = 14, min_sim: float = 0.5, min_cluster_size: int = 5, knn: str = "auto",
                  seed: int = 0):
         self.k = k
         self.min_sim = min_sim

@@ -11,7 +11,7 @@ from .loader import ImageDataset, ImageReadError, build_test_loader, build_train
 from .market1501 import Market1501
 from .msmt17 import MSMT17
 from .personx import PersonX
-from .sampler import PKSampler
+from .sampler import SAMPLERS, CameraRoundRobinSampler, RandomMultipleGallerySampler
 from .transforms import build_test_transform, build_train_transform
 from .veri import VeRi
 
@@ -42,6 +42,6 @@ def build_dataset(name: str, root: str | Path, verbose: bool = True, **kwargs) -
 
 __all__ = [
     "DATASETS", "Custom", "DatasetError", "DukeMTMCreID", "ImageDataset", "ImageItem", "ImageReadError", "MSMT17",
-    "Market1501", "PKSampler", "PersonX", "ReIDDataset", "VeRi", "build_dataset", "build_test_loader",
+    "Market1501", "SAMPLERS", "CameraRoundRobinSampler", "RandomMultipleGallerySampler", "PersonX", "ReIDDataset", "VeRi", "build_dataset", "build_test_loader",
     "build_test_transform", "build_train_loader", "build_train_transform",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from typing import Callable, Sequence
 
 import numpy as np
@@ -11,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .base import DatasetError, ImageItem
-from .sampler import PKSampler
+from .sampler import SAMPLERS
 
 
 class ImageReadError(DatasetError, OSError):
@@ -23,6 +22,10 @@ class ImageDataset(Dataset):
 
     ``indices`` ([len(items)], default 0..len-1) is the index returned for each item, e.g. its position
     in a larger list that this dataset is a subset or shard of.
+
+    ``dataset[(i, key)]`` (what the training samplers yield) seeds torch's RNG with ``key`` before the
+    transform, so the augmentation of a sample depends on its key only, not on the process or loader
+    worker that reads it.
     """
 
     def __init__(
@@ -41,7 +44,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int | tuple[int, int]):
+        if isinstance(i, tuple):
+            i, key = i
+            torch.manual_seed(key)
         path, pid, camid = self.items[i]
         try:
             with Image.open(path) as img:
@@ -53,13 +59,6 @@ class ImageDataset(Dataset):
         return image, pid, camid, self.indices[i]
 
 
-def seed_worker(worker_id: int) -> None:
-    """Seed Python's and NumPy's RNGs of a loader worker from its torch seed (set by the loader's generator)."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 def build_train_loader(
     items: Sequence[ImageItem | tuple[str, int, int]],
     labels: Sequence[int] | np.ndarray | torch.Tensor,
@@ -68,8 +67,10 @@ def build_train_loader(
     batch_size: int,
     num_instances: int,
     iters: int,
+    sampler: str = "random_multiple_gallery",
     num_workers: int = 0,
     seed: int = 0,
+    epoch: int = 0,
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
@@ -82,10 +83,13 @@ def build_train_loader(
         batch_size: global batch size; each rank's batches hold batch_size // world_size images.
 
     Batches are ``(images [B/W, 3, H, W], pseudo labels [B/W], camids [B/W], indices into items [B/W])``.
-    For a new random stream per epoch call ``loader.sampler.set_epoch(epoch)`` (or vary ``seed``). The
-    worker seeds derive from ``seed`` and ``rank``; with ``num_workers=0`` the transforms draw from
-    torch's global RNG, which the caller seeds.
+    ``sampler`` names one of :data:`~mqreid.data.sampler.SAMPLERS`; the random stream is that of
+    (``seed``, ``epoch``). Each sample's augmentation is seeded from (seed, epoch, its
+    position in the global stream), so batches and augmentations do not depend on ``world_size`` or
+    ``num_workers``.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"train.sampler={sampler!r} is unknown; valid choices: {', '.join(SAMPLERS)}")
     labels_arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
     if len(labels_arr) != len(items):
         raise ValueError(f"labels has {len(labels_arr)} entries for {len(items)} items")
@@ -94,19 +98,18 @@ def build_train_loader(
         raise ValueError("every item is an outlier (label -1): nothing to train on")
     kept = [ImageItem(str(items[i][0]), int(labels_arr[i]), int(items[i][2])) for i in keep]
     dataset = ImageDataset(kept, transform, indices=keep.tolist())
-    sampler = PKSampler(
+    index_sampler = SAMPLERS[sampler](
         [it.pid for it in kept], [it.camid for it in kept], batch_size, num_instances, iters,
         seed=seed, rank=rank, world_size=world_size,
     )
+    index_sampler.set_epoch(epoch)
     return DataLoader(
         dataset,
         batch_size=batch_size // world_size,
-        sampler=sampler,
+        sampler=index_sampler,
         drop_last=True,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(seed * world_size + rank),
     )
 
 

@@ -1,4 +1,17 @@
-"""PK sampler: batches of P identities x K instances, preferring different cameras within an identity."""
+"""Identity samplers for the pseudo-labelled training set.
+
+Both samplers build one *global* index stream per (seed, epoch), cut it into global batches of
+``batch_size``, and give rank r of ``world_size`` the contiguous slice r of every global batch. Each
+yielded element is ``(index, key)``: ``key`` is a per-sample seed derived from (seed, epoch, position of
+the sample in the global stream), which :class:`~mqreid.data.loader.ImageDataset` uses to seed the
+augmentation of that sample. So the batches and every random draw of the input pipeline are the same
+whatever the number of processes or loader workers.
+
+- :class:`RandomMultipleGallerySampler`: the sampler of Cluster Contrast and of the original multi-queue
+  code, rule for rule (the default of every preset).
+- :class:`CameraRoundRobinSampler`: P identities x K instances per batch, the K instances spread
+  round-robin over the identity's cameras.
+"""
 
 from __future__ import annotations
 
@@ -10,70 +23,46 @@ import numpy as np
 import torch
 
 
-class PKSampler(torch.utils.data.Sampler[int]):
-    """Yield dataset indices in global batches of P = batch_size // num_instances identity blocks of K.
+def sample_key(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for the sample at ``position`` of the (seed, epoch) stream."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
-    Identities are drawn without replacement in cycles through all identities (reshuffled every cycle,
-    never twice in one batch when there are at least P identities). The K instances of an identity are
-    taken round-robin over its cameras in random order, so a block spans as many cameras as possible
-    (the intent of Cluster Contrast's RandomMultipleGallerySampler); instances repeat only when the
-    identity has fewer than K images.
 
-    With ``world_size`` > 1 every rank builds the same global sequence and keeps its contiguous slice
-    of batch_size // world_size indices of each global batch, i.e. whole identity blocks.
+class _GlobalBatchSampler(torch.utils.data.Sampler):
+    """Shared part: argument checks, epochs, rank slicing and sample keys. Subclasses define ``global_batches``.
 
     Args:
-        pids: [N] label of each dataset item (>= 0; leave outliers out).
+        pids: [N] pseudo label of each item (>= 0; leave outliers out).
         camids: [N] camera of each item.
         batch_size: global batch size B (a multiple of num_instances * world_size).
-        num_instances: K, images per identity in a batch.
+        num_instances: K, images per identity.
         iters: number of global batches per epoch.
         seed: base seed (>= 0); the stream of an epoch depends on (seed, epoch) only.
+        rank, world_size: this process's slice of every global batch.
     """
 
-    def __init__(
-        self,
-        pids: Sequence[int],
-        camids: Sequence[int],
-        batch_size: int,
-        num_instances: int,
-        iters: int,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        pids_arr = np.asarray(pids, dtype=np.int64).reshape(-1)
-        cams_arr = np.asarray(camids, dtype=np.int64).reshape(-1)
-        if len(pids_arr) != len(cams_arr) or len(pids_arr) == 0:
-            raise ValueError(
-                f"pids and camids must be non-empty and of equal length, got {len(pids_arr)} and {len(cams_arr)}"
-            )
-        if (pids_arr < 0).any():
-            raise ValueError("pids must be >= 0: remove outliers (label -1) before building the PKSampler")
+    def __init__(self, pids: Sequence[int], camids: Sequence[int], batch_size: int, num_instances: int,
+                 iters: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.pid_array = np.asarray(pids, dtype=np.int64).reshape(-1)
+        self.cam_array = np.asarray(camids, dtype=np.int64).reshape(-1)
+        if len(self.pid_array) != len(self.cam_array) or len(self.pid_array) == 0:
+            raise ValueError(f"pids and camids must be non-empty and of equal length, got {len(self.pid_array)} "
+                             f"and {len(self.cam_array)}")
+        if (self.pid_array < 0).any():
+            raise ValueError("pids must be >= 0: remove outliers (label -1) before building the sampler")
         if num_instances <= 0 or world_size <= 0 or batch_size <= 0 or batch_size % (num_instances * world_size):
-            raise ValueError(
-                f"batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances}) x "
-                f"world size ({world_size})"
-            )
+            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of num_instances "
+                             f"({num_instances}) x world size ({world_size})")
         if iters <= 0:
             raise ValueError(f"iters must be positive, got {iters}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world size {world_size}), got {rank}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         self.batch_size, self.num_instances, self.iters = batch_size, num_instances, iters
-        self.num_ids_per_batch = batch_size // num_instances
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        # identity -> list of index arrays, one per camera
-        by_id: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for index, (pid, cam) in enumerate(zip(pids_arr.tolist(), cams_arr.tolist())):
-            by_id[pid][cam].append(index)
-        self.pids = sorted(by_id)
-        self.cam_groups = [[np.asarray(v) for v in by_id[pid].values()] for pid in self.pids]
-        if len(self.pids) < self.num_ids_per_batch:
-            warnings.warn(
-                f"PKSampler: only {len(self.pids)} identities for P = {self.num_ids_per_batch} per batch; "
-                "identities will repeat within a batch",
-                stacklevel=2,
-            )
+        self.pids = np.unique(self.pid_array)  # sorted identity labels
+        self.members = [np.flatnonzero(self.pid_array == pid) for pid in self.pids]  # item indices per identity
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random stream of ``epoch`` (a deterministic function of (seed, epoch))."""
@@ -81,6 +70,91 @@ class PKSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.iters * self.batch_size // self.world_size
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def global_batches(self) -> Iterator[np.ndarray]:
+        """The ``iters`` global batches of this epoch, each [batch_size] item indices."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        per_rank = self.batch_size // self.world_size
+        start = self.rank * per_rank
+        for b, batch in enumerate(self.global_batches()):
+            for j in range(start, start + per_rank):
+                yield int(batch[j]), sample_key(self.seed, self.epoch, b * self.batch_size + j)
+
+
+class RandomMultipleGallerySampler(_GlobalBatchSampler):
+    """Cluster Contrast's sampler (used unchanged by the original multi-queue code).
+
+    One pass visits every identity once, in random order, and appends to a flat list:
+
+    1. an anchor: one random image of the identity;
+    2. K - 1 images drawn from the identity's images taken by *other* cameras than the anchor's, without
+       replacement when there are at least K of them, with replacement otherwise;
+    3. when the identity has only the anchor's camera: K - 1 images drawn the same way from its other
+       images; an identity with a single image contributes the anchor alone.
+
+    Batches are cut from the flat list without regard to identity boundaries; the incomplete last batch
+    of a pass is dropped (``drop_last``) and the next pass starts, until ``iters`` batches are made. One
+    addition: when a whole pass is shorter than one batch (e.g. very few clusters early in training),
+    passes are joined until a batch is full; the original would stop there with an error.
+    """
+
+    def one_pass(self, rng: np.random.Generator) -> list[int]:
+        k, out = self.num_instances, []
+        for i in rng.permutation(len(self.pids)):
+            members = self.members[i]
+            a = int(rng.integers(len(members)))
+            anchor = members[a]
+            out.append(int(anchor))
+            pool = members[self.cam_array[members] != self.cam_array[anchor]]
+            if len(pool) == 0:
+                pool = np.delete(members, a)
+                if len(pool) == 0:
+                    continue
+            out.extend(rng.choice(pool, size=k - 1, replace=len(pool) < k).tolist())
+        return out
+
+    def global_batches(self) -> Iterator[np.ndarray]:
+        rng, b, made = self.rng(), self.batch_size, 0
+        buffer: list[int] = []
+        while made < self.iters:
+            buffer += self.one_pass(rng)
+            if len(buffer) < b:
+                continue  # a pass shorter than a batch: join the next one
+            for n in range(len(buffer) // b):
+                if made == self.iters:
+                    return
+                yield np.asarray(buffer[n * b:(n + 1) * b])
+                made += 1
+            buffer = []  # drop_last
+
+
+class CameraRoundRobinSampler(_GlobalBatchSampler):
+    """P = batch_size // num_instances identity blocks of K per batch, cameras visited round-robin.
+
+    Identities are drawn without replacement in cycles through all identities (reshuffled every cycle,
+    never twice in one batch when there are at least P identities). The K instances of an identity are
+    taken round-robin over its cameras in random order, so a block spans as many cameras as possible;
+    instances repeat only when the identity has fewer than K images. Every batch is aligned to identity
+    blocks, unlike :class:`RandomMultipleGallerySampler`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.num_ids_per_batch = self.batch_size // self.num_instances
+        self.cam_groups = []
+        for members in self.members:
+            by_cam: dict[int, list[int]] = defaultdict(list)
+            for index in members.tolist():
+                by_cam[int(self.cam_array[index])].append(index)
+            self.cam_groups.append([np.asarray(v) for v in by_cam.values()])
+        if len(self.pids) < self.num_ids_per_batch:
+            warnings.warn(f"CameraRoundRobinSampler: only {len(self.pids)} identities for P = "
+                          f"{self.num_ids_per_batch} per batch; identities will repeat within a batch", stacklevel=2)
 
     def _instances(self, rng: np.random.Generator, groups: list[np.ndarray]) -> np.ndarray:
         """K indices of one identity: round-robin over its cameras (random order), repeats only if too few."""
@@ -110,14 +184,10 @@ class PKSampler(torch.utils.data.Sampler[int]):
             yield batch
 
     def global_batches(self) -> Iterator[np.ndarray]:
-        """The ``iters`` global batches of this epoch, each [batch_size] indices in P blocks of K."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = self.rng()
         stream = self._identity_stream(rng)
         for _ in range(self.iters):
             yield np.concatenate([self._instances(rng, self.cam_groups[i]) for i in next(stream)])
 
-    def __iter__(self) -> Iterator[int]:
-        per_rank = self.batch_size // self.world_size
-        start = self.rank * per_rank
-        for batch in self.global_batches():
-            yield from batch[start:start + per_rank].tolist()
+
+SAMPLERS = {"random_multiple_gallery": RandomMultipleGallerySampler, "camera_round_robin": CameraRoundRobinSampler}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import random
 import time
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from mqreid.cluster import camera_centering
 from mqreid.data.loader import build_test_loader, build_train_loader
 from mqreid.data.transforms import build_test_transform, build_train_transform
+from mqreid.models.ghost_bn import convert_ghost_bn
 from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_features, pseudo_label_quality,
                                re_ranking, summarise_percent)
 
@@ -43,6 +45,18 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """``train.deterministic``: deterministic algorithms everywhere (CUDA: cuDNN without autotuning and
+    deterministic cuBLAS workspaces; ops without a deterministic kernel raise). CPU runs are reproducible
+    without it."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS before its first use
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def library_versions() -> dict[str, str]:
@@ -66,6 +80,14 @@ class Trainer:
         if t.batch_size % (t.num_instances * self.env.world_size):
             raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of train.num_instances="
                              f"{t.num_instances} x world size {self.env.world_size}")
+        per_process = t.batch_size // self.env.world_size
+        if t.bn_group is not None and (t.bn_group < 1 or per_process % t.bn_group):
+            raise ValueError(f"train.bn_group={t.bn_group} must divide the per-process batch of {per_process} "
+                             f"images (train.batch_size={t.batch_size} over {self.env.world_size} process(es))")
+        if t.bn_group is not None and t.sync_bn:
+            raise ValueError("train.bn_group and train.sync_bn=true are exclusive: set train.bn_group=null to "
+                             "normalise over the whole global batch with SyncBatchNorm")
+        set_deterministic(bool(t.deterministic))
         seed_all(cfg.seed)
         self.cuda = self.device.type == "cuda"
         self.amp = bool(t.amp) and self.cuda
@@ -83,7 +105,7 @@ class Trainer:
         self.train_camids = torch.tensor([it.camid for it in self.dataset.train])
 
         # model, temperature, optimiser
-        model = instantiate(cfg.backbone).to(self.device)
+        model = convert_ghost_bn(instantiate(cfg.backbone), t.bn_group).to(self.device)
         if self.cuda and t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.env.enabled and t.sync_bn:
@@ -92,13 +114,16 @@ class Trainer:
                                  "set train.sync_bn=false for gloo/CPU runs")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
-        self.net = DistributedDataParallel(model, device_ids=[self.device] if self.cuda else None) \
-            if self.env.enabled else model
+        # broadcast_buffers=False: each rank keeps its own BN running statistics (those of its groups), and
+        # sync_buffers_ averages them after each epoch, which equals the single-process statistics
+        self.net = DistributedDataParallel(model, device_ids=[self.device] if self.cuda else None,
+                                           broadcast_buffers=False) if self.env.enabled else model
         self.temperature = instantiate(cfg.temp).to(self.device)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        if self.temperature.learnable:
-            groups.append({"params": list(self.temperature.parameters()),
-                           "lr": cfg.optim.optimizer.lr * self.temperature.tlr, "weight_decay": 0.0})
+        temperature_group = self.temperature.param_group(cfg.optim.optimizer.lr,
+                                                         cfg.optim.optimizer.get("weight_decay", 0.0))
+        if temperature_group is not None:
+            groups.append(temperature_group)
         self.optimizer = instantiate(cfg.optim.optimizer)(groups)
         self.scheduler = instantiate(cfg.optim.scheduler)(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
@@ -152,9 +177,9 @@ class Trainer:
     def train_epoch(self, epoch: int, labels: np.ndarray) -> dict[str, float]:
         t = self.cfg.train
         loader = build_train_loader(self.dataset.train, labels, transform=self.train_tf, batch_size=t.batch_size,
-                                    num_instances=t.num_instances, iters=t.iters, num_workers=t.num_workers,
-                                    seed=self.cfg.seed * 1000 + epoch, rank=self.env.rank,
-                                    world_size=self.env.world_size, pin_memory=self.cuda)
+                                    num_instances=t.num_instances, iters=t.iters, sampler=t.sampler,
+                                    num_workers=t.num_workers, seed=self.cfg.seed, epoch=epoch,
+                                    rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.cuda)
         self.net.train()
         losses = []
         bar = tqdm(loader, total=t.iters, desc=f"train {epoch + 1}", disable=not (self.main and self.cfg.progress),
@@ -177,6 +202,7 @@ class Trainer:
                 D.all_reduce_mean_([p.grad for p in self.temperature.parameters() if p.grad is not None])
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.temperature.constrain_()
             # the memory sees the whole global batch, so every rank's memory stays identical
             self.memory.update(D.all_gather_cat(f.detach().float()), D.all_gather_cat(y))
             self.global_step += 1
@@ -186,7 +212,10 @@ class Trainer:
                 self.logger.log({"step/loss": losses[-1], "step/temperature": temp.item(),
                                  "global_step": self.global_step}, self.global_step)
         D.sync_buffers_(self.model)
-        return {"loss": float(np.mean(losses)) if losses else math.nan}
+        # each rank's loss is the mean over its slice of the global batch; their mean is the global batch's
+        mean_loss = torch.tensor(float(np.mean(losses)) if losses else math.nan, device=self.device)
+        D.all_reduce_mean_([mean_loss])
+        return {"loss": mean_loss.item()}
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -227,7 +256,8 @@ class Trainer:
             else:
                 if row["outlier_ratio"] > 0.9:
                     log.warning("epoch %d: %.0f%% of the images are outliers", epoch + 1, 100 * row["outlier_ratio"])
-                self.memory = self.memory_factory(num_features=feats.shape[1], num_clusters=n_clusters).to(self.device)
+                self.memory = self.memory_factory(num_features=feats.shape[1], num_clusters=n_clusters,
+                                                  seed=cfg.seed * 1000 + epoch).to(self.device)
                 self.memory.reset(feats.to(self.device), torch.from_numpy(labels).to(self.device))
                 row.update(self.train_epoch(epoch, labels), time_train=time.perf_counter() - t2)
             self.scheduler.step()

@@ -15,12 +15,25 @@ from torch import nn
 class ClusterMemory(nn.Module):
     """Holds ``num_clusters`` proxies of dimension ``num_features``; subclasses define the proxies and updates."""
 
-    def __init__(self, num_features: int, num_clusters: int) -> None:
+    def __init__(self, num_features: int, num_clusters: int, seed: int = 0) -> None:
         super().__init__()
         if num_features < 1 or num_clusters < 1:
             raise ValueError(f"memory: num_features ({num_features}) and num_clusters ({num_clusters}) must be >= 1")
         self.num_features = num_features
         self.num_clusters = num_clusters
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The memory's own random stream (proxy and member draws), seeded with ``seed`` on first use.
+
+        Draws never touch torch's global RNG, so they do not depend on what else ran (data augmentation,
+        the number of processes): every rank of a distributed run draws the same proxies.
+        """
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+        return self._generator
 
     # -- checks shared by every memory ---------------------------------------------------------------------
     def _check(self, features: torch.Tensor, labels: torch.Tensor, *, allow_outliers: bool = False) -> None:
@@ -36,12 +49,31 @@ class ClusterMemory(nn.Module):
                              f"[{int(labels.min())}, {int(labels.max())}]")
 
     @staticmethod
-    def centroids(features: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
-        """L2-normalised mean feature of each cluster, [C, D] (outliers, label -1, ignored)."""
+    def cluster_means(features: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
+        """Mean feature of each cluster, [C, D], not normalised (outliers, label -1, ignored)."""
         keep = labels >= 0
         sums = torch.zeros(num_clusters, features.shape[1], dtype=features.dtype, device=features.device)
         sums.index_add_(0, labels[keep], features[keep])
-        return F.normalize(sums, dim=1)
+        counts = torch.bincount(labels[keep], minlength=num_clusters).clamp_min(1)
+        return sums / counts.unsqueeze(1).to(sums.dtype)
+
+    @classmethod
+    def centroids(cls, features: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
+        """L2-normalised mean feature of each cluster, [C, D] (outliers, label -1, ignored)."""
+        return F.normalize(cls.cluster_means(features, labels, num_clusters), dim=1)
+
+    @staticmethod
+    def rank_within_cluster(labels: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, ...]:
+        """Group a batch by cluster, keeping batch order within a cluster.
+
+        Returns ``order`` [B] (batch positions grouped by label), ``ys`` = labels[order], ``counts`` [C]
+        (samples per cluster) and ``rank`` [B] (position of each ``order`` entry within its cluster).
+        """
+        order = torch.argsort(labels, stable=True)
+        ys = labels[order]
+        counts = torch.bincount(ys, minlength=num_clusters)
+        rank = torch.arange(ys.numel(), device=ys.device) - (torch.cumsum(counts, 0) - counts)[ys]
+        return order, ys, counts, rank
 
     # -- interface -------------------------------------------------------------------------------------------
     def reset(self, features: torch.Tensor, labels: torch.Tensor) -> None:

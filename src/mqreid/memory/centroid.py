@@ -18,8 +18,9 @@ class CentroidMemory(ClusterMemory):
     instances per identity), vectorised over clusters.
     """
 
-    def __init__(self, num_features: int, num_clusters: int, momentum: float = 0.1, hard: bool = False) -> None:
-        super().__init__(num_features, num_clusters)
+    def __init__(self, num_features: int, num_clusters: int, momentum: float = 0.1, hard: bool = False,
+                 seed: int = 0) -> None:
+        super().__init__(num_features, num_clusters, seed)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"memory.momentum must be in [0, 1], got {momentum}")
         self.momentum, self.hard = momentum, hard
@@ -50,10 +51,7 @@ class CentroidMemory(ClusterMemory):
             ys = torch.unique(labels)
             self.features[ys] = F.normalize(m * self.features[ys] + (1 - m) * x[first[ys]], dim=1)
             return
-        order = torch.argsort(labels, stable=True)
-        ys = labels[order]
-        counts = torch.bincount(ys, minlength=self.num_clusters)
-        rank = torch.arange(ys.numel(), device=ys.device) - (torch.cumsum(counts, 0) - counts)[ys]
+        order, ys, counts, rank = self.rank_within_cluster(labels, self.num_clusters)
         for r in range(int(counts.max()) if ys.numel() else 0):
             sel = rank == r  # at most one sample per cluster at this position
             y = ys[sel]

@@ -7,25 +7,29 @@ import torch.nn.functional as F
 
 from .base import ClusterMemory
 
-INITS = ("centroid", "members")
+INITS = ("centroid", "centroid_normalized", "members")
 PROXIES = ("random", "mean")
 
 
 class MultiQueueMemory(ClusterMemory):
-    """Queues [C, queue_size, D] of L2-normalised features.
+    """Queues [C, queue_size, D] of features.
 
-    - ``init="centroid"`` fills each queue with its cluster's centroid repeated ``queue_size`` times (what the
-      original code does); ``init="members"`` fills it with members of the cluster drawn at random
-      (with replacement when the cluster is smaller than the queue).
+    - ``init="centroid"`` fills each queue with its cluster's mean feature, *not* normalised, repeated
+      ``queue_size`` times: what the original code does. ``"centroid_normalized"`` uses the L2-normalised
+      mean; ``"members"`` fills the queue with members of the cluster drawn at random (with replacement
+      when the cluster is smaller than the queue).
     - ``proxy="random"`` samples one queue entry per cluster at every step (the method); ``"mean"`` uses the
       normalised queue mean.
-    - ``update`` writes each batch feature into the next slot of its cluster's ring buffer. Fully vectorised:
-      no Python loop over samples or clusters, no host round trip.
+    - ``update`` writes each L2-normalised batch feature into the next slot of its cluster's ring buffer
+      (the original computes a momentum blend and then overwrites it with the raw feature, so the raw
+      feature is what it keeps). Vectorised: no Python loop over samples or clusters, no host round trip.
+
+    Random draws (proxies, members) come from the memory's own generator seeded with ``seed``.
     """
 
     def __init__(self, num_features: int, num_clusters: int, queue_size: int = 16, init: str = "centroid",
-                 proxy: str = "random") -> None:
-        super().__init__(num_features, num_clusters)
+                 proxy: str = "random", seed: int = 0) -> None:
+        super().__init__(num_features, num_clusters, seed)
         if queue_size < 1:
             raise ValueError(f"memory.queue_size must be >= 1, got {queue_size}")
         if init not in INITS:
@@ -41,8 +45,10 @@ class MultiQueueMemory(ClusterMemory):
         self._check(features, labels, allow_outliers=True)
         features = F.normalize(features.to(self.queues), dim=1)
         labels = labels.to(self.queues.device)
-        if self.init == "centroid":
-            cent = self.centroids(features, labels, self.num_clusters)
+        if self.init in ("centroid", "centroid_normalized"):
+            cent = self.cluster_means(features, labels, self.num_clusters)
+            if self.init == "centroid_normalized":
+                cent = F.normalize(cent, dim=1)
             self.queues.copy_(cent.unsqueeze(1).expand(-1, self.queue_size, -1))
         else:
             keep = torch.nonzero(labels >= 0).squeeze(1)
@@ -51,7 +57,8 @@ class MultiQueueMemory(ClusterMemory):
             if bool((counts == 0).any()):
                 raise ValueError("memory.reset: every cluster 0..C-1 needs at least one member")
             starts = torch.cumsum(counts, 0) - counts
-            u = torch.rand(self.num_clusters, self.queue_size, device=features.device)
+            u = torch.rand(self.num_clusters, self.queue_size, device=features.device,
+                           generator=self.generator(features.device))
             pick = starts[:, None] + (u * counts[:, None]).long().clamp_max(counts[:, None] - 1)
             self.queues.copy_(features[order[pick]])
         self.ptr.zero_()
@@ -59,17 +66,15 @@ class MultiQueueMemory(ClusterMemory):
     def proxies(self) -> torch.Tensor:
         if self.proxy == "mean":
             return F.normalize(self.queues.mean(dim=1), dim=1)
-        idx = torch.randint(self.queue_size, (self.num_clusters,), device=self.queues.device)
-        return self.queues[torch.arange(self.num_clusters, device=idx.device), idx]
+        device = self.queues.device
+        idx = torch.randint(self.queue_size, (self.num_clusters,), device=device, generator=self.generator(device))
+        return self.queues[torch.arange(self.num_clusters, device=device), idx]
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         self._check(features, labels)
         features = F.normalize(features.detach().to(self.queues.dtype), dim=1)
-        order = torch.argsort(labels, stable=True)  # batch order kept within a cluster
-        ys = labels[order]
-        counts = torch.bincount(ys, minlength=self.num_clusters)
-        rank = torch.arange(ys.numel(), device=ys.device) - (torch.cumsum(counts, 0) - counts)[ys]
+        order, ys, counts, rank = self.rank_within_cluster(labels, self.num_clusters)  # batch order kept
         # when a cluster has more than queue_size samples in the batch only its last queue_size are written,
         # so no slot is written twice (scatter with duplicate indices has no defined winner)
         keep = rank >= counts[ys] - self.queue_size
