@@ -47,7 +47,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int | tuple[int, int]):
         if isinstance(i, tuple):
             i, key = i
-            torch.manual_seed(key)
+            torch.default_generator.manual_seed(key)  # the CPU generator only: torch.manual_seed costs ~0.3 ms
         path, pid, camid = self.items[i]
         try:
             with Image.open(path) as img:
