@@ -16,23 +16,19 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-log = logging.getLogger("mqreid")
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from mqreid.engine import distributed
     from mqreid.engine.trainer import Trainer
 
-    distributed.init_distributed(cfg.device)
-    run_dir = distributed.shared_run_dir(hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     if int(os.environ.get("RANK", "0")) > 0:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 talks
     try:
-        results = Trainer(cfg, run_dir).fit()
+        results = Trainer(cfg, hydra.core.hydra_config.HydraConfig.get().runtime.output_dir).fit()
     finally:
         distributed.cleanup()
-    return results["best"]["mAP"] if "best" in results else results["final"]["mAP"]  # for sweepers
+    return results["best"]["mAP"]  # the value a sweeper optimises
 
 
 if __name__ == "__main__":

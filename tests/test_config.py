@@ -52,7 +52,8 @@ def test_every_group_option_composes(group, choice):
 
 def test_eval_config_requires_checkpoint():
     cfg = compose_config(["checkpoint=x.pt"], name="eval")
-    assert cfg.checkpoint == "x.pt" and cfg.dataset.name == "synthetic"
+    assert cfg.checkpoint == "x.pt" and cfg.get("dataset") is None  # the checkpoint's own dataset
+    assert compose_config(["checkpoint=x.pt", "dataset=market1501"], name="eval").dataset.name == "market1501"
     with pytest.raises(Exception, match="checkpoint"):
         OmegaConf.to_container(compose_config([], name="eval"), throw_on_missing=True)
 

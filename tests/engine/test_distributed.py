@@ -44,6 +44,7 @@ def ddp_cfg(tiny_cfg):
     return tiny_cfg("temp=learnable", TINY_EPS, "train.epochs=3", "train.iters=3", "input.color_jitter=0.4")
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_identical_and_match_one_process(ddp_cfg, tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), ddp_cfg, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -74,6 +75,7 @@ def test_two_ranks_stay_identical_and_match_one_process(ddp_cfg, tmp_path):
         assert torch.allclose(ref["model"][k].float(), v.float(), atol=1e-3), k
 
 
+@pytest.mark.slow
 def test_torchrun_command_line(data_root, tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     proc = subprocess.run(

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -22,6 +24,12 @@ class ImageItem(NamedTuple):
     path: str
     pid: int
     camid: int
+
+
+def id_arrays(items: Sequence[ImageItem]) -> tuple[np.ndarray, np.ndarray]:
+    """``(pids [N], camids [N])`` of ``items`` as int64 arrays."""
+    return (np.fromiter((it.pid for it in items), np.int64, len(items)),
+            np.fromiter((it.camid for it in items), np.int64, len(items)))
 
 
 def require_dir(path: Path, layout_hint: str) -> Path:
@@ -102,10 +110,6 @@ class ReIDDataset:
     @property
     def num_train_pids(self) -> int:
         return len({it.pid for it in self.train if it.pid >= 0})
-
-    @property
-    def num_train_cams(self) -> int:
-        return len({it.camid for it in self.train})
 
     @property
     def train_labels_known(self) -> bool:

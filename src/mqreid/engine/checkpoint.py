@@ -1,29 +1,41 @@
-"""Checkpoints: written atomically, loaded safely."""
+"""Checkpoints and run files: written atomically, loaded safely, with a format version.
+
+Format 2 (this version): ``last.pt`` = {"format", "model", "temperature", "optimizer", "scheduler", "scaler",
+"epoch", "global_step", "history", "results", "config"}; ``best.pt`` = {"format", "model", "epoch",
+"metrics", "config"}. Format 1 (files without "format") had the same keys plus "memory" and "rng", which
+were never needed: they load as they are.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+FORMAT_VERSION = 2
 CHECKPOINT_KEYS = ("model", "epoch", "config")
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` into a temporary file beside ``path``, fsync it, then rename it into place.
+def write_atomic(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a fresh temporary file beside ``path``, fsync it, then rename it into place.
 
-    A crash at any point leaves either the previous file or the new one, never a truncated file.
+    A crash (or a full disk) at any point leaves either the previous file or the new one, never a truncated
+    file; the temporary file is removed on failure and the error propagates.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,16 +44,38 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None, so that it serialises as valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (NaN -> null)."""
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON through a temporary file renamed into place (never a half file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    """Write ``obj`` as indented, strict JSON atomically (see :func:`write_atomic`)."""
+    write_atomic(path, lambda f: f.write(to_json(obj, indent=2)), mode="w")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a training checkpoint with ``weights_only=True``; errors name the file and what was expected."""
+    """Load a training checkpoint with ``weights_only=True``; errors name the file and what was expected.
+
+    ``path`` is a ``.pt`` file or a run directory (its ``checkpoints/last.pt``). The result has
+    ``state["path"]`` (the file read) and ``state["format"]``.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
@@ -51,10 +85,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"cannot load checkpoint {path}: {err}") from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable mqreid checkpoint (expected a .pt file written by train.py; "
+                         f"torch.load said: {first_line[:200]})") from err
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path} is not an mqreid checkpoint: it lacks {missing} (expected the keys "
                          f"{list(CHECKPOINT_KEYS)}, as written by train.py)")
+    version = state.get("format", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {version!r}, newer than this mqreid reads "
+                         f"({FORMAT_VERSION}): upgrade mqreid to load it")
+    state["format"] = version
     state["path"] = str(path)
     return state

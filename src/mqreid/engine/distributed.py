@@ -60,6 +60,13 @@ def init_distributed(device_name: str = "auto", timeout_min: int = 60) -> tuple[
     return env, device
 
 
+def current_env() -> DistEnv:
+    """This process's rank and the world size (a single process when no process group is running)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistEnv()
+    return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -79,13 +86,6 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded.contiguous())
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
-
-
-def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Send ``tensor`` from rank ``src`` to all ranks (in place; shapes must match on every rank)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast(tensor, src)
-    return tensor
 
 
 def broadcast_object(obj, src: int = 0):

@@ -1,4 +1,4 @@
-"""Stand-alone evaluation of a checkpoint on a dataset's query/gallery split."""
+"""Stand-alone evaluation of a checkpoint on its dataset's query/gallery split (or another, on request)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from mqreid.data.loader import build_test_loader
+from mqreid.data.base import id_arrays
 from mqreid.data.transforms import build_test_transform
-from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_features, re_ranking,
-                               summarise_percent)
+from mqreid.evaluation import evaluate_retrieval
 
 from .checkpoint import load_checkpoint, write_json_atomic
 from .distributed import resolve_device
+from .features import extract_items
 
 log = logging.getLogger("mqreid")
-
-
-def _row(m: dict[str, Any]) -> dict[str, float]:
-    return {**summarise_percent(m), "num_valid_queries": int(m["num_valid_queries"])}
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -32,9 +27,8 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
-    state = load_checkpoint(to_absolute_path(str(cfg.checkpoint)), map_location=device)
+def build_model_from_checkpoint(state: dict[str, Any]):
+    """The backbone of the checkpoint's stored config with the checkpoint's weights (eval mode)."""
     train_cfg = OmegaConf.create(state["config"])
     if "backbone" not in train_cfg or "input" not in train_cfg:
         raise ValueError(f"{state['path']}: the stored config lacks 'backbone'/'input'; was it written by train.py?")
@@ -43,30 +37,43 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise ValueError(f"{state['path']}: the weights do not fit backbone {train_cfg.backbone.arch}: {err}") from err
+    return model.eval(), train_cfg
+
+
+def evaluation_dataset(cfg: DictConfig, train_cfg: DictConfig, checkpoint: str):
+    """The checkpoint's own dataset, unless ``dataset=`` was given on the command line (then said so)."""
+    stored = train_cfg.get("dataset")
+    if cfg.get("dataset") is None:
+        if stored is None:
+            raise ValueError(f"{checkpoint}: the stored config has no dataset; pass dataset=<name> to choose one")
+        return instantiate(stored, root=to_absolute_path(str(stored.root)))
+    if stored is not None and OmegaConf.to_container(stored) != OmegaConf.to_container(cfg.dataset, resolve=True):
+        log.warning("evaluating on dataset=%s as requested; the checkpoint was trained on %s (%s)", cfg.dataset.name,
+                    stored.get("name"), stored.get("root"))
+    return instantiate(cfg.dataset, root=to_absolute_path(cfg.dataset.root))
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    state = load_checkpoint(to_absolute_path(str(cfg.checkpoint)), map_location=device)
+    model, train_cfg = build_model_from_checkpoint(state)
     model.to(device)
-    ds = instantiate(cfg.dataset, root=to_absolute_path(cfg.dataset.root))
-    ev = cfg.eval
-    height, width = ev.height or train_cfg.input.height, ev.width or train_cfg.input.width
-    tf = build_test_transform(height, width)
-
-    def feats(items):
-        loader = build_test_loader(items, transform=tf, batch_size=ev.batch_size, num_workers=ev.num_workers)
-        f, idx = extract_features(model, loader, device, flip=ev.flip, amp=device.type == "cuda",
-                                  progress=cfg.progress)
-        return f[np.argsort(idx.numpy())]
-
-    qf, gf = feats(ds.query), feats(ds.gallery)
-    ids = {s: (np.array([it.pid for it in items]), np.array([it.camid for it in items]))
-           for s, items in (("q", ds.query), ("g", ds.gallery))}
-    rows = {"plain": _row(evaluate_features(qf.to(device), gf.to(device), ids["q"][0], ids["g"][0], ids["q"][1],
-                                            ids["g"][1], metric=ev.metric))}
-    if ev.rerank:
-        dist = re_ranking(qf, gf, k1=ev.k1, k2=ev.k2, lambda_value=ev.lambda_value)
-        rows["re-ranked"] = _row(evaluate_ranking(dist, ids["q"][0], ids["g"][0], ids["q"][1], ids["g"][1]))
-    log.info("%s on %s (%dx%d input)\n%s", state["path"], cfg.dataset.name, height, width, format_table(rows))
+    dataset = evaluation_dataset(cfg, train_cfg, state["path"])
+    eval_cfg = cfg.eval
+    height, width = eval_cfg.height or train_cfg.input.height, eval_cfg.width or train_cfg.input.width
+    transform = build_test_transform(height, width)
+    features = {split: extract_items(model, getattr(dataset, split), transform, device,
+                                     batch_size=eval_cfg.batch_size, num_workers=eval_cfg.num_workers,
+                                     flip=eval_cfg.flip, amp=device.type == "cuda", progress=cfg.progress,
+                                     desc=split) for split in ("query", "gallery")}
+    (query_pids, query_cams), (gallery_pids, gallery_cams) = id_arrays(dataset.query), id_arrays(dataset.gallery)
+    rows = evaluate_retrieval(features["query"], features["gallery"], query_pids, gallery_pids, query_cams,
+                              gallery_cams, metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1,
+                              k2=eval_cfg.k2, lambda_value=eval_cfg.lambda_value, device=device)
+    log.info("%s on %s (%dx%d input)\n%s", state["path"], dataset.name, height, width, format_table(rows))
     out = Path(to_absolute_path(cfg.output)) if cfg.output else \
-        Path(state["path"]).with_name(f"{Path(state['path']).stem}_eval_{cfg.dataset.name}.json")
-    result = {"checkpoint": state["path"], "dataset": cfg.dataset.name, "input": [height, width], **rows}
+        Path(state["path"]).with_name(f"{Path(state['path']).stem}_eval_{dataset.name}.json")
+    result = {"checkpoint": state["path"], "dataset": dataset.name, "input": [height, width], **rows}
     write_json_atomic(out, result)
     log.info("wrote %s", out)
     return result

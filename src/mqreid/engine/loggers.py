@@ -1,6 +1,7 @@
-"""Experiment loggers: a plain console/file logger (default) and Weights & Biases.
+"""Experiment loggers: the console (default) and Weights & Biases.
 
 Both take the same calls: ``start(config, run_dir)``, ``log(metrics, step)``, ``finish()``. Only rank 0 logs.
+The trainer writes metrics.jsonl, results.json and the checkpoints itself, whatever the logger.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ log = logging.getLogger("mqreid")
 
 
 class ConsoleLogger:
-    """Per-epoch summaries go to the console and the run's log file through :mod:`logging`; per-step
-    values are logged every ``step_every`` steps at DEBUG level."""
+    """Per-step values every ``step_every`` steps at DEBUG level through :mod:`logging` (the console and,
+    under Hydra, the run's train.log); the per-epoch summary line is the trainer's own log line."""
 
     def __init__(self, step_every: int = 50) -> None:
         self.step_every = step_every

@@ -1,43 +1,45 @@
 """The training loop: each epoch extract -> cluster -> rebuild the memory -> train -> evaluate.
 
-Everything is built from the Hydra config with ``hydra.utils.instantiate``; this module only wires the
-parts together, times them, and writes the run directory (config, metrics.jsonl, checkpoints,
-results.json). Rank-aware steps go through :mod:`mqreid.engine.distributed`.
+Every component is built from the Hydra config with ``hydra.utils.instantiate``; this module wires them
+together and keeps the run's books (run directory, metrics.jsonl, checkpoints, results.json). Steps that
+touch "all features" go through :mod:`mqreid.engine.distributed`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import platform
 import random
+import re
 import time
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mqreid.cluster import camera_centering
-from mqreid.data.loader import build_test_loader, build_train_loader
+from mqreid.data.base import id_arrays
+from mqreid.data.loader import build_train_loader
 from mqreid.data.transforms import build_test_transform, build_train_transform
+from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn
-from mqreid.evaluation import (evaluate_features, evaluate_ranking, extract_features, pseudo_label_quality,
-                               re_ranking, summarise_percent)
 
-from . import distributed as D
-from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
-from .loggers import ConsoleLogger
+from . import distributed
+from .checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic, to_json, write_json_atomic
+from .features import extract_items
 
 log = logging.getLogger("mqreid")
+
+RANKING_KEYS = ("mAP", "rank1", "rank5", "rank10")
 
 
 def seed_all(seed: int) -> None:
@@ -47,13 +49,18 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in ``epoch`` (0-based): global RNGs, the memory's draws."""
+    return seed * 1000 + epoch
+
+
 def set_deterministic(enabled: bool) -> None:
     """``train.deterministic``: deterministic algorithms everywhere (CUDA: cuDNN without autotuning and
     deterministic cuBLAS workspaces; ops without a deterministic kernel raise). CPU runs are reproducible
     without it."""
     if not enabled:
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS before its first use
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at its first use
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
@@ -68,257 +75,264 @@ def library_versions() -> dict[str, str]:
             "numpy": np.__version__, "scikit-learn": sklearn.__version__, "hydra": hydra.__version__}
 
 
+@contextmanager
+def timed(row: dict[str, Any], step: str) -> Iterator[None]:
+    """Add the seconds spent in the block to ``row[f"time_{step}"]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        row[f"time_{step}"] = row.get(f"time_{step}", 0.0) + time.perf_counter() - start
+
+
+def check_batch_layout(train_cfg: DictConfig, world_size: int) -> None:
+    """The global batch must split into identity blocks per process, and BN groups must divide it."""
+    if train_cfg.batch_size % (train_cfg.num_instances * world_size):
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} must be a multiple of train.num_instances="
+                         f"{train_cfg.num_instances} x world size {world_size}")
+    per_process = train_cfg.batch_size // world_size
+    if train_cfg.bn_group is not None and (train_cfg.bn_group < 1 or per_process % train_cfg.bn_group):
+        raise ValueError(f"train.bn_group={train_cfg.bn_group} must divide the per-process batch of {per_process} "
+                         f"images (train.batch_size={train_cfg.batch_size} over {world_size} process(es))")
+    if train_cfg.bn_group is not None and train_cfg.sync_bn:
+        raise ValueError("train.bn_group and train.sync_bn=true are exclusive: set train.bn_group=null to "
+                         "normalise over the whole global batch with SyncBatchNorm")
+
+
 class Trainer:
-    """Builds every component from ``cfg`` and runs :meth:`fit`; outputs go to ``run_dir``."""
+    """Builds every component from ``cfg`` and runs :meth:`fit`; outputs go to ``run_dir`` (rank 0's)."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.env, self.device = D.init_distributed(cfg.device)
-        self.main = self.env.is_main
-        t = cfg.train
-        if t.batch_size % (t.num_instances * self.env.world_size):
-            raise ValueError(f"train.batch_size={t.batch_size} must be a multiple of train.num_instances="
-                             f"{t.num_instances} x world size {self.env.world_size}")
-        per_process = t.batch_size // self.env.world_size
-        if t.bn_group is not None and (t.bn_group < 1 or per_process % t.bn_group):
-            raise ValueError(f"train.bn_group={t.bn_group} must divide the per-process batch of {per_process} "
-                             f"images (train.batch_size={t.batch_size} over {self.env.world_size} process(es))")
-        if t.bn_group is not None and t.sync_bn:
-            raise ValueError("train.bn_group and train.sync_bn=true are exclusive: set train.bn_group=null to "
-                             "normalise over the whole global batch with SyncBatchNorm")
-        set_deterministic(bool(t.deterministic))
+        self.env, self.device = distributed.init_distributed(cfg.device)
+        self.run_dir = Path(distributed.shared_run_dir(str(run_dir)))
+        self.is_main = self.env.is_main
+        check_batch_layout(cfg.train, self.env.world_size)
+        set_deterministic(bool(cfg.train.deterministic))
         seed_all(cfg.seed)
-        self.cuda = self.device.type == "cuda"
-        self.amp = bool(t.amp) and self.cuda
+        self.on_cuda = self.device.type == "cuda"
+        self.amp = bool(cfg.train.amp) and self.on_cuda
 
-        # data: rank 0 first, so a generated dataset is written once
-        if not self.main:
-            D.barrier()
-        self.dataset = instantiate(cfg.dataset, root=to_absolute_path(cfg.dataset.root), verbose=self.main)
-        if self.main:
-            D.barrier()
+        self.dataset = self._build_dataset()
         inp = cfg.input
-        self.train_tf = build_train_transform(inp.height, inp.width, flip_p=inp.flip_p, pad=inp.pad,
-                                              erasing_p=inp.erasing_p, color_jitter=inp.color_jitter)
-        self.test_tf = build_test_transform(inp.height, inp.width)
-        self.train_camids = torch.tensor([it.camid for it in self.dataset.train])
-
-        # model, temperature, optimiser
-        model = convert_ghost_bn(instantiate(cfg.backbone), t.bn_group).to(self.device)
-        if self.cuda and t.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if self.env.enabled and t.sync_bn:
-            if not self.cuda:
-                raise ValueError("train.sync_bn=true needs CUDA devices: torch's SyncBatchNorm has no CPU kernel; "
-                                 "set train.sync_bn=false for gloo/CPU runs")
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model
-        # broadcast_buffers=False: each rank keeps its own BN running statistics (those of its groups), and
-        # sync_buffers_ averages them after each epoch, which equals the single-process statistics
-        self.net = DistributedDataParallel(model, device_ids=[self.device] if self.cuda else None,
-                                           broadcast_buffers=False) if self.env.enabled else model
+        self.train_transform = build_train_transform(inp.height, inp.width, flip_p=inp.flip_p, pad=inp.pad,
+                                                     erasing_p=inp.erasing_p, color_jitter=inp.color_jitter)
+        self.test_transform = build_test_transform(inp.height, inp.width)
+        self.model, self.train_model = self._build_model()
         self.temperature = instantiate(cfg.temp).to(self.device)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        temperature_group = self.temperature.param_group(cfg.optim.optimizer.lr,
-                                                         cfg.optim.optimizer.get("weight_decay", 0.0))
-        if temperature_group is not None:
-            groups.append(temperature_group)
-        self.optimizer = instantiate(cfg.optim.optimizer)(groups)
+        self.optimizer = self._build_optimizer()
         self.scheduler = instantiate(cfg.optim.scheduler)(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.clusterer = instantiate(cfg.clusterer)
         self.memory_factory = instantiate(cfg.memory)
         self.memory = None
-        self.logger = instantiate(cfg.logger) if self.main else None
+        self.logger = instantiate(cfg.logger) if self.is_main else None
 
         self.start_epoch, self.global_step = 0, 0
         self.history: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
         if cfg.resume:
-            self._resume(cfg.resume)
+            self.restore(load_checkpoint(to_absolute_path(str(cfg.resume)), map_location=self.device))
 
-    # ------------------------------------------------------------------ features
+    # ------------------------------------------------------------------ construction
+    def _build_dataset(self):
+        # rank 0 first, so that a generated dataset is written once
+        if not self.is_main:
+            distributed.barrier()
+        dataset = instantiate(self.cfg.dataset, root=to_absolute_path(self.cfg.dataset.root), verbose=self.is_main)
+        if self.is_main:
+            distributed.barrier()
+        return dataset
+
+    def _build_model(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The model, and the module the training step calls (the model itself, or its DDP wrapper)."""
+        train_cfg = self.cfg.train
+        model = convert_ghost_bn(instantiate(self.cfg.backbone), train_cfg.bn_group).to(self.device)
+        if self.on_cuda and train_cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if not self.env.enabled:
+            return model, model
+        if train_cfg.sync_bn:
+            if not self.on_cuda:
+                raise ValueError("train.sync_bn=true needs CUDA devices: torch's SyncBatchNorm has no CPU kernel; "
+                                 "set train.sync_bn=false for gloo/CPU runs")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # broadcast_buffers=False: every rank keeps the running statistics of its own BN groups, and
+        # sync_buffers_ averages them after each epoch, which equals the single-process statistics
+        return model, DistributedDataParallel(model, device_ids=[self.device] if self.on_cuda else None,
+                                              broadcast_buffers=False)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        opt_cfg = self.cfg.optim.optimizer
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        temperature_group = self.temperature.param_group(opt_cfg.lr, opt_cfg.get("weight_decay", 0.0))
+        if temperature_group is not None:
+            groups.append(temperature_group)
+        return instantiate(opt_cfg)(groups)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train ``train.epochs`` epochs (from where a resumed run stopped) and return the results."""
+        self._open_run()
+        if "initial" not in self.results:
+            row: dict[str, Any] = {"epoch": 0}
+            with timed(row, "eval"):
+                row.update(self.evaluate())
+            self.results["initial"] = {k: row[k] for k in RANKING_KEYS}
+            self._close_epoch(row)
+        for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            seed_all(epoch_seed(self.cfg.seed, epoch))
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            with timed(row, "extract"):
+                features = self.extract(self.dataset.train)
+            with timed(row, "cluster"):
+                labels = self.cluster(features)
+            row.update(self.describe_clusters(labels))
+            row["loss"] = math.nan  # stays NaN (null in metrics.jsonl) when the epoch cannot train
+            if self.trainable(row):
+                with timed(row, "train"):
+                    self.build_memory(features, labels, epoch)
+                    row.update(self.train_epoch(epoch, labels))
+            self.step_schedule()
+            row["temperature"] = self.temperature().item()
+            if self.evaluation_due(epoch):
+                with timed(row, "eval"):
+                    row.update(self.evaluate())
+            self.start_epoch = epoch + 1
+            self._close_epoch(row)
+        return self._close_run()
+
+    # ------------------------------------------------------------------ the steps
     def extract(self, items) -> torch.Tensor:
-        """Embeddings [N, D] of ``items`` (test transform), sharded across ranks and reassembled in order."""
-        loader = build_test_loader(items, transform=self.test_tf, batch_size=self.cfg.train.test_batch_size,
-                                   num_workers=self.cfg.train.num_workers, rank=self.env.rank,
-                                   world_size=self.env.world_size)
-        feats, idx = extract_features(self.model, loader, self.device, flip=self.cfg.eval.flip, amp=self.amp,
-                                      progress=self.main and self.cfg.progress, desc="extract")
-        comm = self.device if self.cuda else torch.device("cpu")
-        feats, idx = D.all_gather_cat(feats.to(comm)).cpu(), D.all_gather_cat(idx.to(comm)).cpu()
-        out = torch.empty(len(items), feats.shape[1])
-        out[idx] = feats
-        return out
+        """Embeddings [N, D] of ``items`` under the test transform (the same on every rank)."""
+        return extract_items(self.model, items, self.test_transform, self.device,
+                             batch_size=self.cfg.train.test_batch_size, num_workers=self.cfg.train.num_workers,
+                             flip=self.cfg.eval.flip, amp=self.amp, progress=self.is_main and self.cfg.progress)
 
-    def evaluate(self) -> dict[str, float]:
-        """mAP and CMC on query/gallery (computed by every rank from the gathered features)."""
-        ds, ev = self.dataset, self.cfg.eval
-        qf, gf = self.extract(ds.query), self.extract(ds.gallery)
-        ids = lambda items, k: np.array([it[k] for it in items])  # noqa: E731
-        if ev.rerank:
-            dist = re_ranking(qf, gf, k1=ev.k1, k2=ev.k2, lambda_value=ev.lambda_value)
-            m = evaluate_ranking(dist, ids(ds.query, 1), ids(ds.gallery, 1), ids(ds.query, 2), ids(ds.gallery, 2))
-        else:
-            m = evaluate_features(qf.to(self.device), gf.to(self.device), ids(ds.query, 1), ids(ds.gallery, 1),
-                                  ids(ds.query, 2), ids(ds.gallery, 2), metric=ev.metric)
-        return summarise_percent(m)
-
-    # ------------------------------------------------------------------ one epoch
-    def cluster(self, feats: torch.Tensor) -> np.ndarray:
+    def cluster(self, features: torch.Tensor) -> np.ndarray:
         """Pseudo labels [N] (-1 = outlier), computed on rank 0 and broadcast."""
         labels = None
-        if self.main:
-            x = camera_centering(feats, self.train_camids) if self.cfg.train.camera_centering else feats
-            labels = np.asarray(self.clusterer.fit_predict(x.to(self.device)), dtype=np.int64)
-        return D.broadcast_object(labels)
+        if self.is_main:
+            if self.cfg.train.camera_centering:
+                cameras = torch.from_numpy(id_arrays(self.dataset.train)[1])
+                features = camera_centering(features, cameras)
+            labels = np.asarray(self.clusterer.fit_predict(features.to(self.device)), dtype=np.int64)
+        return distributed.broadcast_object(labels)
+
+    def describe_clusters(self, labels: np.ndarray) -> dict[str, Any]:
+        """Cluster count, outlier ratio and (when the true ids are known) ARI/NMI/purity of the labels."""
+        stats: dict[str, Any] = {"clusters": int(labels.max()) + 1 if labels.size else 0,
+                                 "outlier_ratio": float((labels < 0).mean())}
+        if self.dataset.train_labels_known:
+            stats.update(pseudo_label_quality(id_arrays(self.dataset.train)[0], labels))
+        return stats
+
+    def trainable(self, row: dict[str, Any]) -> bool:
+        """Whether this epoch's clustering gives something to contrast; says what to change if not."""
+        if row["clusters"] < 2:
+            log.warning("epoch %d: clustering gave %d cluster(s) (%.0f%% outliers): nothing to contrast, training "
+                        "skipped this epoch. Adjust the clusterer (e.g. clusterer.eps for dbscan, clusterer.min_sim "
+                        "for infomap).", row["epoch"], row["clusters"], 100 * row["outlier_ratio"])
+            return False
+        if row["outlier_ratio"] > 0.9:
+            log.warning("epoch %d: %.0f%% of the images are outliers", row["epoch"], 100 * row["outlier_ratio"])
+        return True
+
+    def build_memory(self, features: torch.Tensor, labels: np.ndarray, epoch: int) -> None:
+        """A fresh memory for this epoch's clusters, initialised from the training features."""
+        self.memory = self.memory_factory(num_features=features.shape[1], num_clusters=int(labels.max()) + 1,
+                                          seed=epoch_seed(self.cfg.seed, epoch)).to(self.device)
+        self.memory.reset(features.to(self.device), torch.from_numpy(labels).to(self.device))
 
     def train_epoch(self, epoch: int, labels: np.ndarray) -> dict[str, float]:
-        t = self.cfg.train
-        loader = build_train_loader(self.dataset.train, labels, transform=self.train_tf, batch_size=t.batch_size,
-                                    num_instances=t.num_instances, iters=t.iters, sampler=t.sampler,
-                                    num_workers=t.num_workers, seed=self.cfg.seed, epoch=epoch,
-                                    rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.cuda)
-        self.net.train()
-        losses = []
-        bar = tqdm(loader, total=t.iters, desc=f"train {epoch + 1}", disable=not (self.main and self.cfg.progress),
-                   leave=False)
+        """``train.iters`` steps on the pseudo-labelled images; returns the epoch's mean loss."""
+        train_cfg = self.cfg.train
+        loader = build_train_loader(self.dataset.train, labels, transform=self.train_transform,
+                                    batch_size=train_cfg.batch_size, num_instances=train_cfg.num_instances,
+                                    iters=train_cfg.iters, sampler=train_cfg.sampler,
+                                    num_workers=train_cfg.num_workers, seed=self.cfg.seed, epoch=epoch,
+                                    rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.on_cuda)
+        self.train_model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.float16) if self.amp else nullcontext()
-        for imgs, y, _, _ in bar:
-            imgs, y = imgs.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if self.cuda and t.channels_last:
-                imgs = imgs.contiguous(memory_format=torch.channels_last)
+        losses = []
+        bar = tqdm(loader, total=train_cfg.iters, desc=f"train {epoch + 1}", leave=False,
+                   disable=not (self.is_main and self.cfg.progress))
+        for images, targets, _, _ in bar:
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.on_cuda and train_cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
-                f = self.net(imgs)
-            temp = self.temperature()
-            loss = self.memory(f.float(), y, temp)
+                features = self.train_model(images)
+            temperature = self.temperature()
+            loss = self.memory(features.float(), targets, temperature)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {self.global_step}; "
                                          f"try a lower optim.optimizer.lr or temp=fixed")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.temperature.learnable:  # the temperature sits outside DDP: average its gradient here
-                D.all_reduce_mean_([p.grad for p in self.temperature.parameters() if p.grad is not None])
+                distributed.all_reduce_mean_([p.grad for p in self.temperature.parameters() if p.grad is not None])
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.temperature.constrain_()
             # the memory sees the whole global batch, so every rank's memory stays identical
-            self.memory.update(D.all_gather_cat(f.detach().float()), D.all_gather_cat(y))
+            self.memory.update(distributed.all_gather_cat(features.detach().float()),
+                               distributed.all_gather_cat(targets))
             self.global_step += 1
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", T=f"{temp.item():.4f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", T=f"{temperature.item():.4f}")
             if self.logger:
-                self.logger.log({"step/loss": losses[-1], "step/temperature": temp.item(),
+                self.logger.log({"step/loss": losses[-1], "step/temperature": temperature.item(),
                                  "global_step": self.global_step}, self.global_step)
-        D.sync_buffers_(self.model)
+        distributed.sync_buffers_(self.model)
         # each rank's loss is the mean over its slice of the global batch; their mean is the global batch's
         mean_loss = torch.tensor(float(np.mean(losses)) if losses else math.nan, device=self.device)
-        D.all_reduce_mean_([mean_loss])
+        distributed.all_reduce_mean_([mean_loss])
         return {"loss": mean_loss.item()}
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.train
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-            config = OmegaConf.to_container(cfg, resolve=True)
-            write_json_atomic(self.run_dir / "environment.json", {"versions": library_versions(),
-                                                             "world_size": self.env.world_size,
-                                                             "device": str(self.device)})
-            self.logger.start(config, str(self.run_dir))
-        t_start = time.perf_counter()
-        if not self.results.get("initial"):
-            t0 = time.perf_counter()
-            initial = self.evaluate()
-            self.results["initial"] = initial
-            self._log_epoch({"epoch": 0, **initial, "time_eval": time.perf_counter() - t0})
-        for epoch in range(self.start_epoch, t.epochs):
-            seed_all(cfg.seed * 1000 + epoch)  # identical on every rank; makes resume exact
-            row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-            t0 = time.perf_counter()
-            feats = self.extract(self.dataset.train)
-            t1 = time.perf_counter()
-            labels = self.cluster(feats)
-            t2 = time.perf_counter()
-            row.update(time_extract=t1 - t0, time_cluster=t2 - t1)
-            n_clusters = int(labels.max()) + 1 if labels.size else 0
-            row.update(clusters=n_clusters, outlier_ratio=float((labels < 0).mean()))
-            if self.dataset.train_labels_known:
-                q = pseudo_label_quality([it.pid for it in self.dataset.train], labels)
-                row.update(ari=q["ari"], nmi=q["nmi"], purity=q["purity"])
-            if n_clusters < 2:
-                log.warning("epoch %d: clustering gave %d cluster(s) (%.0f%% outliers): nothing to contrast, "
-                            "training skipped this epoch. Adjust the clusterer (e.g. clusterer.eps for dbscan, "
-                            "clusterer.min_sim for infomap).", epoch + 1, n_clusters, 100 * row["outlier_ratio"])
-                row.update(loss=math.nan, time_train=0.0)
-            else:
-                if row["outlier_ratio"] > 0.9:
-                    log.warning("epoch %d: %.0f%% of the images are outliers", epoch + 1, 100 * row["outlier_ratio"])
-                self.memory = self.memory_factory(num_features=feats.shape[1], num_clusters=n_clusters,
-                                                  seed=cfg.seed * 1000 + epoch).to(self.device)
-                self.memory.reset(feats.to(self.device), torch.from_numpy(labels).to(self.device))
-                row.update(self.train_epoch(epoch, labels), time_train=time.perf_counter() - t2)
+    def step_schedule(self) -> None:
+        with warnings.catch_warnings():
+            # an epoch whose training was skipped makes no optimiser step; the schedule still advances
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             self.scheduler.step()
-            row["temperature"] = self.temperature().item()
-            if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == t.epochs:
-                t3 = time.perf_counter()
-                row.update(self.evaluate(), time_eval=time.perf_counter() - t3)
-                best = self.results.get("best")
-                if best is None or row["mAP"] > best["mAP"]:
-                    self.results["best"] = {k: row[k] for k in ("epoch", "mAP", "rank1", "rank5", "rank10")}
-                    if self.main:
-                        save_atomic({"model": self.model.state_dict(), "epoch": epoch + 1, "metrics": self.results["best"],
-                                     "config": OmegaConf.to_container(cfg, resolve=True)},
-                                    self.run_dir / "checkpoints" / "best.pt")
-            self._log_epoch(row)
-            self.start_epoch = epoch + 1
-            if self.main:
-                self._save_last()
-        last = next((r for r in reversed(self.history) if "mAP" in r and r["epoch"] > 0), None)
-        self.results["final"] = {k: last[k] for k in ("epoch", "mAP", "rank1", "rank5", "rank10")} if last \
-            else self.results["initial"]
-        self.results.update(world_size=self.env.world_size, epochs=t.epochs,
-                            seconds=time.perf_counter() - t_start + self.results.get("seconds", 0.0))
-        if self.main:
-            write_json_atomic(self.run_dir / "results.json", self.results)
-            self.logger.finish()
-            log.info("results: initial mAP %.1f | best mAP %.1f (epoch %d) | final mAP %.1f R1 %.1f",
-                     self.results["initial"]["mAP"], self.results.get("best", {}).get("mAP", math.nan),
-                     self.results.get("best", {}).get("epoch", 0), self.results["final"]["mAP"],
-                     self.results["final"]["rank1"])
-        return self.results
 
-    # ------------------------------------------------------------------ bookkeeping
-    def _log_epoch(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
-        if not self.main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self.logger.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch"} | {"epoch": row["epoch"]},
-                        self.global_step)
-        log.info(format_epoch(row, self.cfg.train.epochs))
+    def evaluation_due(self, epoch: int) -> bool:
+        return (epoch + 1) % self.cfg.eval.every == 0 or epoch + 1 == self.cfg.train.epochs
 
-    def _save_last(self) -> None:
-        state = {
-            "model": self.model.state_dict(), "temperature": self.temperature.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "memory": self.memory.state_dict() if self.memory is not None else None,
-            "epoch": self.start_epoch, "global_step": self.global_step, "history": self.history,
-            "results": self.results, "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.cuda else []},
-        }
-        save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
+    def evaluate(self) -> dict[str, float]:
+        """mAP and CMC on query/gallery (every rank computes them from the gathered features); with
+        ``eval.rerank`` the re-ranked figures are added as ``rerank_mAP`` etc."""
+        eval_cfg = self.cfg.eval
+        (query_pids, query_cams), (gallery_pids, gallery_cams) = map(id_arrays, (self.dataset.query,
+                                                                                 self.dataset.gallery))
+        rows = evaluate_retrieval(self.extract(self.dataset.query), self.extract(self.dataset.gallery),
+                                  query_pids, gallery_pids, query_cams, gallery_cams, metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1, k2=eval_cfg.k2,
+                                  lambda_value=eval_cfg.lambda_value, device=self.device)
+        out = {k: rows["plain"][k] for k in RANKING_KEYS}
+        if "re-ranked" in rows:
+            out.update({f"rerank_{k}": rows["re-ranked"][k] for k in RANKING_KEYS})
+        return out
 
-    def _resume(self, where: str) -> None:
-        state = load_checkpoint(to_absolute_path(str(where)), map_location=self.device)
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything a resumed run needs, and nothing more.
+
+        Resume is exact without the memory or RNG states: each epoch reseeds every generator from
+        (seed, epoch), the sampler and augmentations draw from (seed, epoch, position), and the memory is
+        rebuilt from the clustering at the start of every epoch.
+        """
+        return {"format": FORMAT_VERSION, "model": self.model.state_dict(),
+                "temperature": self.temperature.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.start_epoch, "global_step": self.global_step, "history": self.history,
+                "results": self.results, "config": OmegaConf.to_container(self.cfg, resolve=True)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`checkpoint_state` (``last.pt``)."""
         if "optimizer" not in state:
-            raise ValueError(f"resume={where}: {state['path']} holds only weights (best.pt); resume from last.pt "
-                             f"or the run directory")
+            raise ValueError(f"resume={self.cfg.resume}: {state['path']} holds only weights (best.pt); resume from "
+                             f"last.pt or the run directory")
         self.model.load_state_dict(state["model"])
         self.temperature.load_state_dict(state["temperature"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -326,12 +340,55 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.history, self.results = list(state["history"]), dict(state["results"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if self.main:  # the new run directory carries the whole history
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.history)
         log.info("resumed from %s at epoch %d", state["path"], self.start_epoch)
+
+    # ------------------------------------------------------------------ the run's books
+    def _open_run(self) -> None:
+        self._started = time.perf_counter()
+        if not self.is_main:
+            return
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "environment.json", {"versions": library_versions(),
+                                                              "world_size": self.env.world_size,
+                                                              "device": str(self.device)})
+        if self.history:  # a resumed run: its directory carries the whole history
+            with open(self.run_dir / "metrics.jsonl", "w") as f:
+                f.writelines(to_json(r) + "\n" for r in self.history)
+        self.logger.start(OmegaConf.to_container(self.cfg, resolve=True), str(self.run_dir))
+
+    def _close_epoch(self, row: dict[str, Any]) -> None:
+        """Record an epoch: history, metrics.jsonl, the logger, best.pt when it improved, last.pt."""
+        self.history.append(row)
+        improved = "mAP" in row and row["mAP"] > self.results.get("best", {}).get("mAP", -math.inf)
+        if improved:
+            self.results["best"] = {"epoch": row["epoch"], **{k: row[k] for k in RANKING_KEYS}}
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(to_json(row) + "\n")
+        self.logger.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch"} | {"epoch": row["epoch"]},
+                        self.global_step)
+        log.info(format_epoch(row, self.cfg.train.epochs))
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        if improved:
+            save_atomic({"format": FORMAT_VERSION, "model": self.model.state_dict(), "epoch": row["epoch"],
+                         "metrics": self.results["best"], "config": config}, self.run_dir / "checkpoints" / "best.pt")
+        save_atomic(self.checkpoint_state(), self.run_dir / "checkpoints" / "last.pt")
+
+    def _close_run(self) -> dict[str, Any]:
+        last = next((r for r in reversed(self.history) if "mAP" in r and r["epoch"] > 0), None)
+        self.results["final"] = {"epoch": last["epoch"], **{k: last[k] for k in RANKING_KEYS}} if last \
+            else {"epoch": 0, **self.results["initial"]}
+        self.results.update(world_size=self.env.world_size, epochs=self.cfg.train.epochs,
+                            seconds=time.perf_counter() - self._started + self.results.get("seconds", 0.0))
+        if self.is_main:
+            write_json_atomic(self.run_dir / "results.json", self.results)
+            self.logger.finish()
+            best = self.results["best"]
+            log.info("results: initial mAP %.1f | best mAP %.1f (epoch %d) | final mAP %.1f R1 %.1f | %s",
+                     self.results["initial"]["mAP"], best["mAP"], best["epoch"], self.results["final"]["mAP"],
+                     self.results["final"]["rank1"], self.run_dir)
+        return self.results
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:

@@ -6,6 +6,7 @@ from mqreid.evaluation.clustering import pseudo_label_quality
 from mqreid.evaluation.ranking import (METRICS, evaluate_features, evaluate_ranking, pairwise_distance,
                                        summarise_percent)
 from mqreid.evaluation.rerank import re_ranking
+from mqreid.evaluation.retrieval import evaluate_retrieval
 
-__all__ = ["METRICS", "evaluate_features", "evaluate_ranking", "extract_features", "pairwise_distance",
+__all__ = ["METRICS", "evaluate_features", "evaluate_ranking", "evaluate_retrieval", "extract_features", "pairwise_distance",
            "pseudo_label_quality", "re_ranking", "summarise_percent"]
