@@ -24,7 +24,7 @@ class GeM(nn.Module):
 POOLINGS = ("gem", "avg", "max")
 
 
-class ReIDModel(nn.Module):
+class EmbeddingNet(nn.Module):
     """Embedding network. ``forward`` returns L2-normalised embeddings [B, D] in train and eval mode."""
 
     def __init__(self, trunk: nn.Module, channels: int, *, pooling: str = "gem", neck: bool = True) -> None:
@@ -46,8 +46,8 @@ class ReIDModel(nn.Module):
 
 
 def build_model(arch: str = "resnet50", *, pretrained: bool | str = False, last_stride: int = 1,
-                pooling: str = "gem", neck: bool = True, widths: list[int] | None = None) -> ReIDModel:
+                pooling: str = "gem", neck: bool = True, widths: list[int] | None = None) -> EmbeddingNet:
     """Build the embedding model from the ``backbone`` config group."""
     trunk, channels = build_trunk(arch, pretrained=pretrained, last_stride=last_stride,
                                   widths=tuple(widths) if widths is not None else None)
-    return ReIDModel(trunk, channels, pooling=pooling, neck=neck)
+    return EmbeddingNet(trunk, channels, pooling=pooling, neck=neck)
