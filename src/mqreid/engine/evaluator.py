@@ -16,6 +16,7 @@ from mqreid.evaluation import evaluate_retrieval
 from .checkpoint import load_checkpoint, write_json_atomic
 from .distributed import resolve_device
 from .features import extract_items
+from .validate import resolve_workers
 
 log = logging.getLogger("mqreid")
 
@@ -63,7 +64,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     height, width = eval_cfg.height or train_cfg.input.height, eval_cfg.width or train_cfg.input.width
     transform = build_test_transform(height, width)
     features = {split: extract_items(model, getattr(dataset, split), transform, device,
-                                     batch_size=eval_cfg.batch_size, num_workers=eval_cfg.num_workers,
+                                     batch_size=eval_cfg.batch_size, num_workers=resolve_workers(eval_cfg.num_workers),
                                      flip=eval_cfg.flip, amp=device.type == "cuda", progress=cfg.progress,
                                      desc=split) for split in ("query", "gallery")}
     (query_pids, query_cams), (gallery_pids, gallery_cams) = id_arrays(dataset.query), id_arrays(dataset.gallery)

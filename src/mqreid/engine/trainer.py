@@ -34,12 +34,40 @@ from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn
 
 from . import distributed
-from .checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic, to_json, write_json_atomic
+from .checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic, to_json, write_atomic, write_json_atomic
 from .features import extract_items
+from .validate import ConfigError, resolve_workers, validate_config
 
 log = logging.getLogger("mqreid")
 
 RANKING_KEYS = ("mAP", "rank1", "rank5", "rank10")
+# settings that may change when a run is resumed: they do not change what is trained
+RESUMABLE_CHANGES = ("resume", "progress", "device", "data_root", "dataset.root", "logger", "eval.every",
+                     "train.num_workers", "train.test_batch_size", "train.epochs", "run_dir")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of nested dicts."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """``(refused, allowed)``: the settings that differ between a checkpoint's config and the current one,
+    as ``"key: saved -> current"`` lines, split by :data:`RESUMABLE_CHANGES`."""
+    old, new = flatten(saved), flatten(current)
+    refused, allowed = [], []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key, "<unset>") == new.get(key, "<unset>"):
+            continue
+        line = f"{key}: {old.get(key, '<unset>')!r} in the checkpoint, {new.get(key, '<unset>')!r} now"
+        safe = any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_CHANGES)
+        (allowed if safe else refused).append(line)
+    return refused, allowed
 
 
 def seed_all(seed: int) -> None:
@@ -103,6 +131,7 @@ class Trainer:
     """Builds every component from ``cfg`` and runs :meth:`fit`; outputs go to ``run_dir`` (rank 0's)."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        validate_config(cfg)
         self.cfg = cfg
         self.env, self.device = distributed.init_distributed(cfg.device)
         self.run_dir = Path(distributed.shared_run_dir(str(run_dir)))
@@ -114,6 +143,12 @@ class Trainer:
         self.amp = bool(cfg.train.amp) and self.on_cuda
 
         self.dataset = self._build_dataset()
+        n_train = len(self.dataset.train)
+        for key in ("k1", "k"):  # neighbourhoods as large as the set make every point everyone's neighbour
+            k = cfg.clusterer.get(key)
+            if k is not None and k >= n_train:
+                raise ConfigError(f"clusterer.{key}={k}: expected fewer neighbours than the {n_train} training images "
+                                  f"of {self.dataset.name}; set clusterer.{key}={max(1, n_train // 4)} or less")
         inp = cfg.input
         self.train_transform = build_train_transform(inp.height, inp.width, flip_p=inp.flip_p, pad=inp.pad,
                                                      erasing_p=inp.erasing_p, color_jitter=inp.color_jitter)
@@ -129,6 +164,7 @@ class Trainer:
         self.logger = instantiate(cfg.logger) if self.is_main else None
 
         self.start_epoch, self.global_step = 0, 0
+        self.resumed_from: Path | None = None
         self.history: list[dict[str, Any]] = []
         self.results: dict[str, Any] = {}
         if cfg.resume:
@@ -206,7 +242,8 @@ class Trainer:
     def extract(self, items) -> torch.Tensor:
         """Embeddings [N, D] of ``items`` under the test transform (the same on every rank)."""
         return extract_items(self.model, items, self.test_transform, self.device,
-                             batch_size=self.cfg.train.test_batch_size, num_workers=self.cfg.train.num_workers,
+                             batch_size=self.cfg.train.test_batch_size,
+                             num_workers=resolve_workers(self.cfg.train.num_workers),
                              flip=self.cfg.eval.flip, amp=self.amp, progress=self.is_main and self.cfg.progress)
 
     def cluster(self, features: torch.Tensor) -> np.ndarray:
@@ -250,7 +287,7 @@ class Trainer:
         loader = build_train_loader(self.dataset.train, labels, transform=self.train_transform,
                                     batch_size=train_cfg.batch_size, num_instances=train_cfg.num_instances,
                                     iters=train_cfg.iters, sampler=train_cfg.sampler,
-                                    num_workers=train_cfg.num_workers, seed=self.cfg.seed, epoch=epoch,
+                                    num_workers=resolve_workers(train_cfg.num_workers), seed=self.cfg.seed, epoch=epoch,
                                     rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.on_cuda)
         self.train_model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.float16) if self.amp else nullcontext()
@@ -333,6 +370,14 @@ class Trainer:
         if "optimizer" not in state:
             raise ValueError(f"resume={self.cfg.resume}: {state['path']} holds only weights (best.pt); resume from "
                              f"last.pt or the run directory")
+        refused, allowed = config_changes(state["config"], OmegaConf.to_container(self.cfg, resolve=True))
+        if refused:
+            raise ValueError(f"resume={self.cfg.resume}: these settings differ from the checkpoint's and would change "
+                             f"the run:\n" + "\n".join(f"  - {line}" for line in refused) + "\nResume without these "
+                             f"overrides, or start a new run. Settings that may change on resume: "
+                             f"{', '.join(RESUMABLE_CHANGES)}.")
+        for line in allowed:
+            log.info("resume: %s", line)
         self.model.load_state_dict(state["model"])
         self.temperature.load_state_dict(state["temperature"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -340,47 +385,77 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         self.history, self.results = list(state["history"]), dict(state["results"])
+        self.resumed_from = Path(state["path"]).parent.parent if Path(state["path"]).parent.name == "checkpoints" \
+            else Path(state["path"]).parent
         log.info("resumed from %s at epoch %d", state["path"], self.start_epoch)
 
     # ------------------------------------------------------------------ the run's books
     def _open_run(self) -> None:
-        self._started = time.perf_counter()
+        self._started = time.perf_counter() - self.results.get("seconds", 0.0)  # a resumed run keeps counting
         if not self.is_main:
             return
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "environment.json", {"versions": library_versions(),
                                                               "world_size": self.env.world_size,
                                                               "device": str(self.device)})
-        if self.history:  # a resumed run: its directory carries the whole history
-            with open(self.run_dir / "metrics.jsonl", "w") as f:
-                f.writelines(to_json(r) + "\n" for r in self.history)
+        if self.resumed_from is not None and self.resumed_from.resolve() != self.run_dir.resolve():
+            self._carry_over(self.resumed_from)
         self.logger.start(OmegaConf.to_container(self.cfg, resolve=True), str(self.run_dir))
+        log.info("run directory: %s", self.run_dir)
+
+    def _carry_over(self, old_dir: Path) -> None:
+        """A resumed run's directory is complete on its own: the metrics so far (written below), best.pt and
+        the earlier train.log lines come along."""
+        best = old_dir / "checkpoints" / "best.pt"
+        if best.is_file():
+            write_atomic(self.run_dir / "checkpoints" / "best.pt", lambda f: f.write(best.read_bytes()))
+        old_log = old_dir / "train.log"
+        for handler in logging.getLogger().handlers:  # Hydra's file handler of this run's train.log
+            if isinstance(handler, logging.FileHandler) and old_log.is_file() \
+                    and Path(handler.baseFilename).resolve() != old_log.resolve():
+                handler.acquire()
+                try:
+                    handler.stream.write(old_log.read_text() + f"--- resumed from {old_dir} ---\n")
+                    handler.flush()
+                finally:
+                    handler.release()
 
     def _close_epoch(self, row: dict[str, Any]) -> None:
-        """Record an epoch: history, metrics.jsonl, the logger, best.pt when it improved, last.pt."""
+        """Record an epoch: history, metrics.jsonl, the logger, best.pt when it improved, last.pt.
+
+        Every file is rewritten atomically, so a crash at any point leaves complete files."""
         self.history.append(row)
+        self.results["seconds"] = time.perf_counter() - self._started
         improved = "mAP" in row and row["mAP"] > self.results.get("best", {}).get("mAP", -math.inf)
         if improved:
             self.results["best"] = {"epoch": row["epoch"], **{k: row[k] for k in RANKING_KEYS}}
         if not self.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(to_json(row) + "\n")
+        write_atomic(self.run_dir / "metrics.jsonl", lambda f: f.writelines(to_json(r) + "\n" for r in self.history),
+                     mode="w")
         self.logger.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch"} | {"epoch": row["epoch"]},
                         self.global_step)
         log.info(format_epoch(row, self.cfg.train.epochs))
         config = OmegaConf.to_container(self.cfg, resolve=True)
         if improved:
-            save_atomic({"format": FORMAT_VERSION, "model": self.model.state_dict(), "epoch": row["epoch"],
-                         "metrics": self.results["best"], "config": config}, self.run_dir / "checkpoints" / "best.pt")
-        save_atomic(self.checkpoint_state(), self.run_dir / "checkpoints" / "last.pt")
+            self._save({"format": FORMAT_VERSION, "model": self.model.state_dict(), "epoch": row["epoch"],
+                        "metrics": self.results["best"], "config": config}, "best.pt")
+        self._save(self.checkpoint_state(), "last.pt")
+
+    def _save(self, state: dict[str, Any], name: str) -> None:
+        path = self.run_dir / "checkpoints" / name
+        try:
+            save_atomic(state, path)
+        except OSError as err:
+            raise RuntimeError(f"could not write checkpoint {path}: {err}. The previous {name} is intact; free space "
+                               f"(or fix the file system) and continue with resume={self.run_dir}") from err
 
     def _close_run(self) -> dict[str, Any]:
         last = next((r for r in reversed(self.history) if "mAP" in r and r["epoch"] > 0), None)
         self.results["final"] = {"epoch": last["epoch"], **{k: last[k] for k in RANKING_KEYS}} if last \
             else {"epoch": 0, **self.results["initial"]}
         self.results.update(world_size=self.env.world_size, epochs=self.cfg.train.epochs,
-                            seconds=time.perf_counter() - self._started + self.results.get("seconds", 0.0))
+                            seconds=time.perf_counter() - self._started)
         if self.is_main:
             write_json_atomic(self.run_dir / "results.json", self.results)
             self.logger.finish()

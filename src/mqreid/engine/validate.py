@@ -1,0 +1,209 @@
+"""Check the whole composed training config before any data is generated, loaded or evaluated.
+
+Every problem is collected and reported in one message (setting, value, what is expected), instead of
+stopping at the first one: a schema in Hydra's ConfigStore would stop at the first bad value and cannot
+express relations between settings (the batch and its identity blocks, a Jaccard k1 and the dataset size).
+Component settings are checked by the components themselves: each is built once on tiny dummy inputs,
+so the rules live in one place and the messages are the constructors' own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from hydra.experimental.callback import Callback
+from hydra.utils import get_method, instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from mqreid.data.sampler import SAMPLERS
+from mqreid.data.transforms import build_train_transform
+from mqreid.evaluation import METRICS
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; the message lists every one."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def non_negative_int(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def probability(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 1
+
+
+def boolean(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def workers(v: Any) -> bool:
+    return v == "auto" or non_negative_int(v)
+
+
+def devices(v: Any) -> bool:
+    return isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()))
+
+
+# (setting, check, what is expected)
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", non_negative_int, "an integer >= 0"),
+    ("device", devices, "auto, cpu, cuda or cuda:<index>"),
+    ("progress", boolean, "true or false"),
+    ("input.height", positive_int, "an integer >= 1"),
+    ("input.width", positive_int, "an integer >= 1"),
+    ("input.flip_p", probability, "a probability in [0, 1]"),
+    ("input.erasing_p", probability, "a probability in [0, 1]"),
+    ("input.pad", non_negative_int, "an integer >= 0"),
+    ("input.color_jitter", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("train.epochs", positive_int, "an integer >= 1"),
+    ("train.iters", positive_int, "an integer >= 1"),
+    ("train.batch_size", positive_int, "an integer >= 1"),
+    ("train.num_instances", positive_int, "an integer >= 1"),
+    ("train.test_batch_size", positive_int, "an integer >= 1"),
+    ("train.num_workers", workers, "auto or an integer >= 0"),
+    ("train.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+    ("train.bn_group", lambda v: v is None or positive_int(v), "null or an integer >= 1"),
+    ("train.amp", boolean, "true or false"),
+    ("train.channels_last", boolean, "true or false"),
+    ("train.deterministic", boolean, "true or false"),
+    ("train.sync_bn", boolean, "true or false"),
+    ("train.camera_centering", boolean, "true or false"),
+    ("eval.every", positive_int, "an integer >= 1 (evaluate every N epochs)"),
+    ("eval.metric", lambda v: v in METRICS, f"one of {', '.join(METRICS)}"),
+    ("eval.flip", boolean, "true or false"),
+    ("eval.rerank", boolean, "true or false"),
+    ("eval.k1", positive_int, "an integer >= 1"),
+    ("eval.k2", positive_int, "an integer >= 1"),
+    ("eval.lambda_value", probability, "a number in [0, 1]"),
+]
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    return OmegaConf.select(cfg, key, throw_on_missing=False, default="<missing>")
+
+
+def _signature_problems(node: DictConfig, group: str, extra: dict[str, Any]) -> list[str]:
+    """Settings of a ``_target_`` node that its constructor does not take."""
+    try:
+        target = get_method(node._target_)
+    except Exception as err:  # an unknown class or function
+        return [f"{group}._target_={node._target_!r} cannot be imported: {err}"]
+    params = inspect.signature(target).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return []
+    keys = [k for k in node if not str(k).startswith("_")]
+    return [f"{group}.{k} is not a setting of {node._target_} (valid: {', '.join(p for p in params if p not in extra)})"
+            for k in keys if k not in params]
+
+
+def _component_problems(cfg: DictConfig) -> list[str]:
+    problems: list[str] = []
+
+    def build(group: str, make: Callable[[], Any]) -> None:
+        node = cfg.get(group)
+        if node is None:
+            problems.append(f"{group}: missing from the config")
+            return
+        unknown = _signature_problems(node, group, {"num_features": 0, "num_clusters": 0, "seed": 0})
+        if unknown:
+            problems.extend(unknown)
+            return
+        try:
+            make()
+        except Exception as err:  # the component's own message names the setting
+            message = str(err)
+            problems.append(message if message.startswith(f"{group}.") else f"{group}: {message}")
+
+    def clusterer() -> None:
+        instance = instantiate(cfg.clusterer)
+        if hasattr(instance, "_validate"):
+            instance._validate()
+
+    build("clusterer", clusterer)
+    build("memory", lambda: instantiate(cfg.memory)(num_features=2, num_clusters=2, seed=0))
+    build("temp", lambda: instantiate(cfg.temp))
+    dummy = torch.nn.Parameter(torch.zeros(1))
+    optim_cfg = cfg.get("optim", {})
+    try:
+        optimizer = instantiate(optim_cfg.optimizer)([dummy])
+        instantiate(optim_cfg.scheduler)(optimizer)
+    except Exception as err:
+        problems.append(f"optim: {err}")
+    return problems
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Every invalid setting of a composed training config, as ``"<setting>=<value>: expected ..."`` lines."""
+    problems = []
+    for key, ok, expected in RULES:
+        value = _value(cfg, key)
+        if not ok(value):
+            problems.append(f"{key}={value!r}: expected {expected}")
+    bad = {p.split("=")[0] for p in problems}
+    train = cfg.train
+    if not bad & {"train.batch_size", "train.num_instances"} and train.batch_size % train.num_instances:
+        problems.append(f"train.batch_size={train.batch_size}: expected a multiple of train.num_instances="
+                        f"{train.num_instances} (batches hold whole identity blocks)")
+    if not bad & {"train.batch_size", "train.bn_group"} and train.bn_group is not None \
+            and train.batch_size % train.bn_group:
+        problems.append(f"train.bn_group={train.bn_group}: expected a divisor of train.batch_size={train.batch_size}")
+    if not bad & {"train.bn_group", "train.sync_bn"} and train.bn_group is not None and train.sync_bn:
+        problems.append("train.sync_bn=true: expected train.bn_group=null (SyncBatchNorm normalises the whole "
+                        "global batch; ghost BatchNorm fixed groups of images)")
+    resume = cfg.get("resume")
+    if resume and not Path(to_absolute_path(str(resume))).exists():
+        problems.append(f"resume={resume!r}: expected an existing run directory or last.pt")
+    if not any(key.startswith("input.") for key in bad):
+        try:
+            inp = cfg.input
+            build_train_transform(inp.height, inp.width, flip_p=inp.flip_p, pad=inp.pad, erasing_p=inp.erasing_p,
+                                  color_jitter=inp.color_jitter)
+        except Exception as err:
+            problems.append(f"input: {err}")
+    problems += _component_problems(cfg)
+    return problems
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every invalid setting of ``cfg``."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError(f"{len(problems)} invalid setting(s):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def resolve_workers(value: int | str) -> int:
+    """``auto``: one loader worker per available core, at most 8 (0 on a single core); an integer as given."""
+    if value != "auto":
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 1 else min(8, cores)
+
+
+class ValidateConfig(Callback):
+    """Hydra callback: validate a single run's config before Hydra creates its output directory, so a bad
+    setting costs nothing and leaves no files. (In a multirun each job is validated by the trainer.)"""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        problems = config_problems(cfg)
+        if problems:
+            print(f"Error: {len(problems)} invalid setting(s):\n" + "\n".join(f"  - {p}" for p in problems),
+                  file=sys.stderr)
+            raise SystemExit(2)
