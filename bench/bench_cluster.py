@@ -3,9 +3,9 @@
 Each configuration runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
 Features are synthetic and seeded: identity centres plus per-identity noise, L2-normalised.
 
-    flock /tmp/mqreid-bench.lock python bench/bench_cluster.py --n 31068 --dim 2048
-    flock /tmp/mqreid-bench.lock python bench/bench_cluster.py --n 12936 --dim 2048 --infomap
-    flock /tmp/mqreid-bench.lock python bench/bench_cluster.py --n 200000 --dim 128 --no-gemm
+    python bench/bench_cluster.py --n 31068 --dim 2048
+    python bench/bench_cluster.py --n 12936 --dim 2048 --infomap
+    python bench/bench_cluster.py --n 200000 --dim 128 --no-gemm
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 from sklearn.cluster import DBSCAN
+from sklearn.metrics import adjusted_rand_score
 
 from mqreid.cluster import DBSCANClusterer, dbscan_eps_sweep, jaccard_distance
 
@@ -39,7 +40,7 @@ def test_recovers_blobs_and_logs(caplog):
     with caplog.at_level(logging.INFO, logger="mqreid.cluster.dbscan"):
         labels = DBSCANClusterer(eps=0.6, k1=20).fit_predict(x)
     assert set(labels) == set(range(6))
-    assert np.array_equal(labels[np.argsort(y, kind="stable")] >= 0, np.ones(150, bool))
+    assert adjusted_rand_score(y, labels) == 1  # the six blobs exactly, no outlier
     assert "clusters" in caplog.text and "outliers" in caplog.text
 
 
@@ -48,7 +49,13 @@ def test_sweep_equals_separate_fits():
     est = DBSCANClusterer(min_samples=4, k1=20)
     graph = jaccard_distance(x, 20, 6)
     sweep = est.sweep_eps(x, [0.4, 0.6], true_labels=y)
-    assert sweep == [dict(r) for r in sweep] and [r["eps"] for r in sweep] == [0.4, 0.6]
+    assert [r["eps"] for r in sweep] == [0.4, 0.6]
+    for row in sweep:  # plain dicts of plain values, each with its own labels array
+        assert type(row) is dict and set(row) == {"eps", "num_clusters", "outlier_ratio", "labels", "ari", "nmi"}
+        assert all(type(row[k]) is float for k in ("eps", "outlier_ratio", "ari", "nmi"))
+        assert type(row["num_clusters"]) is int
+        assert row["labels"].dtype == np.int64 and row["labels"].shape == (150,)
+    assert not np.shares_memory(sweep[0]["labels"], sweep[1]["labels"])
     for row in sweep:
         fit = DBSCANClusterer(eps=row["eps"], min_samples=4, k1=20).fit_graph(graph).labels_
         assert np.array_equal(row["labels"], fit)

@@ -1,13 +1,15 @@
 """Infomap on a cosine kNN graph recovers well-separated communities."""
 
 import logging
+import warnings
 
+import infomap
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from mqreid.cluster import InfomapClusterer
-from mqreid.cluster.infomap import relabel_contiguous
+from mqreid.cluster.labels import cluster_summary, relabel_contiguous
 
 
 def blobs(n=120, d=16, centres=4, noise=0.15, seed=0):
@@ -52,6 +54,31 @@ def test_degenerate_inputs():
         InfomapClusterer(min_sim=2.0).fit_predict(np.eye(4))
 
 
-def test_relabel_contiguous():
+def test_relabel_contiguous_and_summary():
     out = relabel_contiguous(np.array([7, 7, 3, -1, 9, 3, 7]), min_cluster_size=2)
     assert np.array_equal(out, [0, 0, 1, -1, -1, 1, 0])
+    assert cluster_summary(out) == (2, pytest.approx(2 / 7))
+    assert cluster_summary(np.array([], np.int64)) == (0, 0.0)
+
+
+def test_fit_emits_no_warning():
+    x, _ = blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        InfomapClusterer(k=10, min_sim=0.5, knn="torch").fit(x)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_only_the_get_modules_deprecation_is_silenced(monkeypatch):
+    real = infomap.Infomap.get_modules
+
+    def get_modules_with_another_warning(self, *args, **kwargs):
+        warnings.warn("another deprecation", DeprecationWarning)
+        warnings.warn("a runtime problem", RuntimeWarning)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(infomap.Infomap, "get_modules", get_modules_with_another_warning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        InfomapClusterer(k=10, min_sim=0.5, knn="torch").fit(blobs()[0])
+    assert sorted(str(w.message) for w in caught) == ["a runtime problem", "another deprecation"]

@@ -23,8 +23,14 @@ def brute_force(x, base, k, self_search):
     return idx
 
 
+def require(backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+
+
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_matches_brute_force(backend):
+    require(backend)
     x = unit(70)
     sims, idx = knn_search(x, 9, backend=backend, block_size=16)  # several blocks, ragged last one
     assert sims.dtype == np.float32 and idx.dtype == np.int64 and idx.shape == (70, 9)
@@ -33,25 +39,30 @@ def test_matches_brute_force(backend):
     assert np.array_equal(idx[:, 0], np.arange(70))
 
 
-def test_query_against_base_and_exclude_self():
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_query_against_base(backend):
+    require(backend)
     q, base = unit(13, seed=1), unit(40, seed=2)
-    for backend in ("torch", "faiss"):
-        _, idx = knn_search(q, 5, base=base, backend=backend, block_size=8)
-        assert np.array_equal(idx, brute_force(q, base, 5, False))
+    _, idx = knn_search(q, 5, base=base, backend=backend, block_size=8)
+    assert np.array_equal(idx, brute_force(q, base, 5, False))
+
+
+def test_exclude_self():
     x = unit(30)
     sims, idx = knn_search(x, 4, exclude_self=True, backend="torch")
     assert not (idx == np.arange(30)[:, None]).any()
     assert np.array_equal(idx, brute_force(x, x, 5, True)[:, 1:])
 
 
-def test_ties_self_first_then_lower_index():
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_ties_self_first_then_lower_index(backend):
+    require(backend)
     x = np.repeat(unit(3), 4, axis=0)  # 12 points, 3 groups of 4 identical ones
-    for backend in ("torch", "faiss"):
-        _, idx = knn_search(x, 3, backend=backend, block_size=5)
-        for i in range(12):
-            group = [j for j in range(12) if j // 4 == i // 4]
-            assert idx[i, 0] == i
-            assert list(idx[i, 1:]) == [j for j in group if j != i][:2]
+    _, idx = knn_search(x, 3, backend=backend, block_size=5)
+    for i in range(12):
+        group = [j for j in range(12) if j // 4 == i // 4]
+        assert idx[i, 0] == i
+        assert list(idx[i, 1:]) == [j for j in group if j != i][:2]
 
 
 def test_k_clamped_and_cuda_agnostic_tensor_input():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,24 @@ def test_custom_folder_with_unknown_train_pids(tmp_path: Path) -> None:
     assert as_tuples(ds.query) == {("0001_c1_q.jpg", 1, 0)}
 
 
+def test_custom_folder_logs_how_many_training_images_carry_no_id(tmp_path: Path, caplog) -> None:
+    make_tree(tmp_path, {
+        "bounding_box_train": ["0003_c1_a.jpg", "0008_c2_b.jpg", "frame_000123.jpg", "-1_c2_c.jpg", "IMG_1.jpg"],
+        "query": ["0001_c1_q.jpg"],
+        "bounding_box_test": ["0001_c2_g.jpg"],
+    })
+    with caplog.at_level(logging.INFO, logger="mqreid.data.custom"):
+        build_dataset("custom", tmp_path)
+    assert f"{tmp_path}: 3 of 5 training images carry no id" in caplog.text
+    caplog.clear()
+    (tmp_path / "bounding_box_train" / "IMG_1.jpg").rename(tmp_path / "bounding_box_train" / "0009_c1_x.jpg")
+    (tmp_path / "bounding_box_train" / "frame_000123.jpg").unlink()
+    (tmp_path / "bounding_box_train" / "-1_c2_c.jpg").unlink()
+    with caplog.at_level(logging.INFO, logger="mqreid.data.custom"):
+        assert build_dataset("custom", tmp_path).train_labels_known
+    assert "carry no id" not in caplog.text
+
+
 def test_custom_folder_unparsable_query_name(tmp_path: Path) -> None:
     make_tree(tmp_path, {"bounding_box_train": ["x.jpg"], "query": ["q.jpg"], "bounding_box_test": ["0001_c2_g.jpg"]})
     with pytest.raises(DatasetError, match=r"cannot parse file name .*q\.jpg"):
@@ -262,6 +281,15 @@ def test_custom_csv(tmp_path: Path) -> None:
     assert all(Path(it.path).parent == (tmp_path / "data" / "imgs").resolve() for it in ds.train)
     ds_abs = build_dataset("custom", tmp_path, csv=csv_file, verbose=False)  # absolute csv path
     assert ds_abs.train == ds.train
+
+
+def test_custom_csv_with_byte_order_mark(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark; the header must still read path,pid,..."""
+    plain = build_dataset("custom", tmp_path, csv=write_csv(tmp_path, CSV_ROWS), verbose=False)
+    csv_file = tmp_path / "data" / "list.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + csv_file.read_bytes())
+    ds = build_dataset("custom", tmp_path, csv=csv_file, verbose=False)
+    assert (ds.train, ds.query, ds.gallery) == (plain.train, plain.query, plain.gallery)
 
 
 @pytest.mark.parametrize("bad_row, message", [

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import ListConfig
 from PIL import Image
 
-from mqreid.data import synthetic
+from mqreid.data import DatasetError, synthetic
 from mqreid.data.synthetic import Synthetic
 
 TINY = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_id=(4, 6), num_distractors=2,
@@ -136,3 +137,37 @@ def test_invalid_parameters_name_the_option(tmp_path, option, value):
     with pytest.raises(ValueError, match=rf"Synthetic: {option} must be"):
         Synthetic(tmp_path, verbose=False, **{**TINY, option: value})
     assert not (tmp_path / "synthetic").exists()
+
+
+def test_generated_files_are_checked_like_any_dataset(tmp_path):
+    ds = Synthetic(tmp_path, verbose=False, **TINY)
+    bad = Path(ds.gallery[0].path)
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match=rf"synthetic: 1 of \d+ image files cannot be read[^\n]*\n  {bad}: "):
+        Synthetic(tmp_path, verbose=False, **TINY)
+    kept = Synthetic(tmp_path, verbose=False, on_bad_image="skip", **TINY)
+    assert len(kept.gallery) == len(ds.gallery) - 1 and str(bad) not in {it.path for it in kept.gallery}
+    assert kept.train == ds.train and kept.query == ds.query
+
+
+@pytest.mark.parametrize("convert", [True, False])
+def test_hydra_lists_reach_the_generator(tiny, tmp_path, convert):
+    """conf/dataset/synthetic.yaml converts lists (_convert_: all); a config without it still works."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+
+    in_yaml = {"num_train_ids", "num_test_ids", "num_cameras", "camera_shift", "noise", "occlusion", "seed"}
+    options = {**TINY, "camera_shift": 1.0, "noise": 1.0, "occlusion": 0.2}
+    overrides = [f"{'' if k in in_yaml else '+'}dataset.{k}={v}" for k, v in options.items() if k != "images_per_id"]
+    cfg = compose_config([*overrides, "+dataset.images_per_id=[4,6]"])
+    node = OmegaConf.to_container(cfg.dataset)
+    assert node.pop("_convert_") == "all" and node["on_bad_image"] == "error"
+    if convert:
+        node["_convert_"] = "all"
+    ds = instantiate(OmegaConf.create(node), root=str(tmp_path), verbose=False)
+    assert isinstance(ds.params["images_per_id"], list if convert else ListConfig)
+    assert Path(ds.root).name == Path(tiny.root).name  # the folder of images_per_id=(4, 6)
+    names = [(Path(p).name, pid, cam) for p, pid, cam in ds.train]
+    assert names == [(Path(p).name, pid, cam) for p, pid, cam in tiny.train]

@@ -13,6 +13,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from mqreid.cluster.jaccard import jaccard_distance
 from mqreid.cluster.knn import check_params
+from mqreid.cluster.labels import cluster_summary
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,6 @@ def _check_graph(graph) -> sp.csr_matrix:
     if not sp.issparse(graph) or graph.ndim != 2 or graph.shape[0] != graph.shape[1]:
         raise ValueError(f"graph: expected a square scipy.sparse distance matrix, got {type(graph).__name__}")
     return sp.csr_matrix(graph)
-
-
-def cluster_summary(labels: np.ndarray) -> tuple[int, float]:
-    """Number of clusters and outlier ratio of ``labels`` [N] (-1 = outlier)."""
-    return int(labels.max(initial=-1) + 1), float(np.mean(labels == -1)) if len(labels) else 0.0
 
 
 def dbscan_on_graph(graph: sp.csr_matrix, eps: float, min_samples: int) -> np.ndarray:

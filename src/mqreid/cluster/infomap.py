@@ -9,28 +9,16 @@ import warnings
 import infomap
 import numpy as np
 
-from mqreid.cluster.dbscan import cluster_summary
 from mqreid.cluster.knn import check_params, knn_search
+from mqreid.cluster.labels import cluster_summary, relabel_contiguous
 
 log = logging.getLogger(__name__)
 
-
-def relabel_contiguous(labels: np.ndarray, min_cluster_size: int = 1) -> np.ndarray:
-    """Labels [N] int64 renumbered 0..C-1 in order of first appearance; groups smaller than
-    ``min_cluster_size`` and negative labels become -1."""
-    labels = np.asarray(labels, np.int64)
-    out = np.full(len(labels), -1, np.int64)
-    valid = labels >= 0
-    if not valid.any():
-        return out
-    uniq, first, inverse, counts = np.unique(labels[valid], return_index=True, return_inverse=True,
-                                             return_counts=True)
-    keep = counts >= min_cluster_size
-    order = np.argsort(first[keep], kind="stable")  # number clusters by their first member
-    new_id = np.full(len(uniq), -1, np.int64)
-    new_id[np.flatnonzero(keep)[order]] = np.arange(keep.sum())
-    out[valid] = new_id[inverse]
-    return out
+try:  # the warning class of get_modules()'s deprecation, a DeprecationWarning subclass
+    from infomap._options import LegacySurfaceWarning as _LEGACY_WARNING
+except ImportError:  # releases without the class
+    _LEGACY_WARNING = DeprecationWarning
+_GET_MODULES_DEPRECATED = r"Infomap\.get_modules is deprecated"
 
 
 class InfomapClusterer:
@@ -80,8 +68,9 @@ class InfomapClusterer:
             im.run()
             with warnings.catch_warnings():
                 # Result.modules() iterates a SWIG vector, which segfaults once faiss (another
-                # SWIG module) is imported; the older get_modules() returns a plain dict.
-                warnings.simplefilter("ignore")
+                # SWIG module) is imported; the older get_modules() returns a plain dict. Recent
+                # releases mark it deprecated (LegacySurfaceWarning): that warning alone is silenced.
+                warnings.filterwarnings("ignore", message=_GET_MODULES_DEPRECATED, category=_LEGACY_WARNING)
                 modules = im.get_modules()
             for node, module in modules.items():
                 labels[node] = module

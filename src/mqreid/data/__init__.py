@@ -7,6 +7,7 @@ from pathlib import Path
 from .base import DatasetError, ImageItem, ReIDDataset
 from .custom import Custom
 from .dukemtmcreid import DukeMTMCreID
+from .image_check import check_policy
 from .loader import ImageDataset, ImageReadError, build_test_loader, build_train_loader
 from .market1501 import Market1501
 from .msmt17 import MSMT17
@@ -26,18 +27,22 @@ DATASETS: dict[str, type[ReIDDataset] | None] = {
 }
 
 
-def build_dataset(name: str, root: str | Path, verbose: bool = True, **kwargs) -> ReIDDataset:
+def build_dataset(name: str, root: str | Path, verbose: bool = True, on_bad_image: str = "error",
+                  **kwargs) -> ReIDDataset:
     """Build the dataset ``name`` (one of :data:`DATASETS`) from the data folder ``root``.
 
+    Every image file is checked as the dataset is built: ``on_bad_image="error"`` raises one
+    :class:`DatasetError` naming every unreadable file, ``"skip"`` leaves them out with a warning.
     ``kwargs`` go to the dataset class (e.g. ``csv=`` for ``custom``, generator options for ``synthetic``).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    check_policy(on_bad_image)
     if name == "synthetic":
         from .synthetic import Synthetic  # imported on use: the parsers do not depend on the generator
 
-        return Synthetic(root, verbose=verbose, **kwargs)
-    return DATASETS[name](root, verbose=verbose, **kwargs)
+        return Synthetic(root, verbose=verbose, on_bad_image=on_bad_image, **kwargs)
+    return DATASETS[name](root, verbose=verbose, on_bad_image=on_bad_image, **kwargs)
 
 
 __all__ = [

@@ -1,17 +1,19 @@
-"""Common pieces of every re-ID dataset: the item type, folder parsing and the statistics table."""
+"""Common pieces of every re-ID dataset: the item type, relabelling, the image check and the statistics table.
+
+Parsing of file names and folders is in :mod:`mqreid.data.layout`.
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .image_check import PROGRESS_ABOVE, check_policy, find_unreadable, list_files
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -32,48 +34,6 @@ def id_arrays(items: Sequence[ImageItem]) -> tuple[np.ndarray, np.ndarray]:
             np.fromiter((it.camid for it in items), np.int64, len(items)))
 
 
-def require_dir(path: Path, layout_hint: str) -> Path:
-    """Return ``path`` if it is a directory, else raise a :class:`DatasetError` naming it."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DatasetError(f"missing folder {path}; expected layout: {layout_hint}")
-    return path
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder`` (sorted; other files and sub-folders are ignored)."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-
-
-def parse_folder(
-    folder: Path,
-    pattern: re.Pattern[str],
-    *,
-    layout_hint: str,
-    camid_base: int = 1,
-    skip_pids: Iterable[int] = (-1,),
-) -> list[ImageItem]:
-    """Parse every image of ``folder`` whose file name ``pattern`` matches with groups (pid, camid).
-
-    ``camid_base`` is subtracted from the parsed camera number to make it 0-based; images whose pid is in
-    ``skip_pids`` (junk) are dropped. A name that does not match raises, naming the file.
-    """
-    folder = require_dir(folder, layout_hint)
-    skip = set(skip_pids)
-    items = []
-    for path in list_images(folder):
-        m = pattern.search(path.name)
-        if m is None:
-            raise DatasetError(
-                f"cannot parse file name {path}: expected it to match {pattern.pattern!r} ({layout_hint})"
-            )
-        pid, cam = int(m.group(1)), int(m.group(2))
-        if pid in skip:
-            continue
-        items.append(ImageItem(str(path.resolve()), pid, cam - camid_base))
-    return items
-
-
 def relabel(items: Sequence[ImageItem]) -> list[ImageItem]:
     """Map the pids of ``items`` to 0..P-1 in sorted pid order (unknown pids, -1, stay -1)."""
     pids = sorted({it.pid for it in items if it.pid >= 0})
@@ -85,8 +45,41 @@ def _split_stats(items: Sequence[ImageItem]) -> tuple[int, int, int]:
     return len({it.pid for it in items}), len(items), len({it.camid for it in items})
 
 
+def screen_images(
+    splits: dict[str, list[ImageItem]], *, name: str, on_bad_image: str = "error", progress: bool = True
+) -> dict[str, list[ImageItem]]:
+    """Check every image of ``splits`` (split name -> items, see :mod:`mqreid.data.image_check`).
+
+    Returns the splits without unreadable files. ``on_bad_image="error"`` raises one
+    :class:`DatasetError` listing every unreadable file instead; ``"skip"`` logs a warning with their
+    count and names. ``progress`` allows a progress bar, shown above ``PROGRESS_ABOVE`` images.
+    """
+    check_policy(on_bad_image)
+    paths = list(dict.fromkeys(it.path for items in splits.values() for it in items))
+    problems = find_unreadable(paths, progress=progress and len(paths) > PROGRESS_ABOVE)
+    if not problems:
+        return splits
+    counts = ", ".join(f"{split} {sum(it.path in problems for it in items)}" for split, items in splits.items())
+    if on_bad_image == "error":
+        raise DatasetError(
+            f"{name}: {len(problems)} of {len(paths)} image files cannot be read ({counts}):\n"
+            f"{list_files(problems)}\n"
+            "Replace or delete these files, or set dataset.on_bad_image=skip (on_bad_image='skip' in Python) "
+            "to leave them out of the dataset."
+        )
+    log.warning("%s: leaving out %d of %d image files that cannot be read (%s; dataset.on_bad_image=skip):\n%s",
+                name, len(problems), len(paths), counts, list_files(problems))
+    return {split: [it for it in items if it.path not in problems] for split, items in splits.items()}
+
+
 class ReIDDataset:
-    """Train / query / gallery lists of :class:`ImageItem`, validated on construction."""
+    """Train / query / gallery lists of :class:`ImageItem`, validated on construction.
+
+    Every image file is checked when the dataset is built (:func:`screen_images`): with
+    ``on_bad_image="error"`` (default) unreadable files raise one :class:`DatasetError` naming them,
+    with ``"skip"`` they are left out (the training pids are then relabelled to stay 0..P-1).
+    Subclasses add their own checks of the final lists in :meth:`validate`.
+    """
 
     name = "dataset"
 
@@ -98,14 +91,25 @@ class ReIDDataset:
         *,
         root: str | Path = "",
         verbose: bool = True,
+        on_bad_image: str = "error",
     ) -> None:
         self.root = str(root)
-        for split, items in (("train", train), ("query", query), ("gallery", gallery)):
+        splits = {"train": list(train), "query": list(query), "gallery": list(gallery)}
+        kept = screen_images(splits, name=self.name, on_bad_image=on_bad_image, progress=verbose)
+        for split, items in kept.items():
             if not items:
-                raise DatasetError(f"{self.name}: the {split} split under {self.root} is empty")
-        self.train, self.query, self.gallery = list(train), list(query), list(gallery)
+                dropped = len(splits[split])
+                after = f" after leaving out its {dropped} unreadable image files" if dropped else ""
+                raise DatasetError(f"{self.name}: the {split} split under {self.root} is empty{after}")
+        if len(kept["train"]) < len(splits["train"]):
+            kept["train"] = relabel(kept["train"])
+        self.train, self.query, self.gallery = kept["train"], kept["query"], kept["gallery"]
+        self.validate()
         if verbose:
             log.info("%s loaded from %s\n%s", self.name, self.root, self.stats_table())
+
+    def validate(self) -> None:
+        """Checks of the final train / query / gallery lists; raise :class:`DatasetError` on failure."""
 
     @property
     def num_train_pids(self) -> int:

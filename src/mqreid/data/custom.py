@@ -23,12 +23,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from .base import DatasetError, ImageItem, ReIDDataset, list_images, parse_folder, relabel, require_dir
-from .market1501 import SPLIT_FOLDERS, market_layout_hint, require_nonempty
+from .base import DatasetError, ImageItem, ReIDDataset, relabel
+from .layout import parse_market_layout, require_nonempty
 
 log = logging.getLogger(__name__)
 
-PATTERN = re.compile(r"^([-\d]+)_c(\d+)")
+PATTERN = re.compile(r"^([-\d]+)_c(\d+)")  # 0001_c1_anything.jpg -> pid 0001, camera 1 (1-based)
+EXAMPLE = "0001_c1_anything.jpg (unlabelled training names allowed)"
 
 CSV_COLUMNS = ("path", "pid", "camid", "split")
 SPLITS = ("train", "query", "gallery")
@@ -42,22 +43,12 @@ def count_matchable_queries(query: list[ImageItem], gallery: list[ImageItem]) ->
     return sum(bool(cams_of_pid.get(q.pid, set()) - {q.camid}) for q in query)
 
 
-def parse_train_folder(folder: Path, layout_hint: str) -> list[ImageItem]:
-    """Training images: pid and camera from the name when it follows the pattern, else unknown (-1, 0)."""
-    items = []
-    for path in list_images(require_dir(folder, layout_hint)):
-        m = PATTERN.match(path.name)
-        pid, camid = (int(m.group(1)), int(m.group(2)) - 1) if m else (-1, 0)
-        items.append(ImageItem(str(path.resolve()), max(pid, -1), camid))
-    return require_nonempty(items, folder, layout_hint)
-
-
 def parse_csv(csv_file: Path) -> dict[str, list[ImageItem]]:
     """Read ``path,pid,camid,split`` rows into one item list per split."""
     if not csv_file.is_file():
         raise DatasetError(f"missing CSV file {csv_file}; expected header {','.join(CSV_COLUMNS)}")
     splits: dict[str, list[ImageItem]] = {s: [] for s in SPLITS}
-    with csv_file.open(newline="") as f:
+    with csv_file.open(newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel's "CSV UTF-8") is skipped
         reader = csv_module.DictReader(f)
         if reader.fieldnames is None or set(CSV_COLUMNS) - set(reader.fieldnames):
             raise DatasetError(f"{csv_file}: header is {reader.fieldnames}, expected columns {','.join(CSV_COLUMNS)}")
@@ -94,31 +85,37 @@ class Custom(ReIDDataset):
 
     name = "custom"
 
-    def __init__(self, root: str | Path, csv: str | Path | None = None, verbose: bool = True) -> None:
+    def __init__(self, root: str | Path, csv: str | Path | None = None, verbose: bool = True,
+                 on_bad_image: str = "error") -> None:
         root = Path(root).expanduser()
         if csv is not None:
             csv_file = Path(csv).expanduser()
             csv_file = csv_file if csv_file.is_absolute() else root / csv_file
             splits = parse_csv(csv_file)
-            train, query, gallery, source = splits["train"], splits["query"], splits["gallery"], csv_file
+            train, query, gallery, source = relabel(splits["train"]), splits["query"], splits["gallery"], csv_file
         else:
-            hint = market_layout_hint(root, "0001_c1_anything.jpg (unlabelled training names allowed)")
-            require_dir(root, hint)
-            train = parse_train_folder(root / SPLIT_FOLDERS["train"], hint)
-            query, gallery = (
-                require_nonempty(parse_folder(folder, PATTERN, layout_hint=hint), folder, hint)
-                for folder in (root / SPLIT_FOLDERS["query"], root / SPLIT_FOLDERS["gallery"])
-            )
+            # Junk rule: pid -1 is junk in query and gallery (dropped), pid 0 a distractor there; in train
+            # every pid >= 0 is an id, and a name that does not follow the pattern, or pid -1, an unknown id.
+            train, query, gallery = parse_market_layout(root, PATTERN, example=EXAMPLE, distractor_pid=None,
+                                                        unlabelled_train=True)
+            unlabelled = sum(it.pid < 0 for it in train)
+            if unlabelled and verbose:
+                log.info("%s: %d of %d training images carry no id (name not like <pid>_c<camera>_*.jpg, or pid "
+                         "-1); pseudo-label quality (ARI, NMI) is measured only when every training image has one",
+                         root, unlabelled, len(train))
             source = root
-        matchable = count_matchable_queries(query, gallery)
+        super().__init__(train, query, gallery, root=source, verbose=verbose, on_bad_image=on_bad_image)
+
+    def validate(self) -> None:
+        """At least one query has a valid gallery match; queries without one are counted in a warning."""
+        matchable = count_matchable_queries(self.query, self.gallery)
         if matchable == 0:
             raise DatasetError(
-                f"{source}: no query has a valid match in the gallery. A match needs the query's pid in the "
+                f"{self.root}: no query has a valid match in the gallery. A match needs the query's pid in the "
                 "gallery from a different camera (same-pid, same-camera gallery images are excluded by the "
                 "Market protocol), so every query would be skipped and mAP would be nan. Check the pids, "
                 "give queries and gallery images of the same pid different camids, or add such gallery images."
             )
-        if matchable < len(query):
+        if matchable < len(self.query):
             log.warning("%s: %d of %d queries have no valid gallery match and will be skipped by the evaluation",
-                        source, len(query) - matchable, len(query))
-        super().__init__(relabel(train), query, gallery, root=source, verbose=verbose)
+                        self.root, len(self.query) - matchable, len(self.query))

@@ -20,20 +20,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import ReIDDataset
-from .market1501 import parse_market_layout
-
-PATTERN = re.compile(r"([-\d]+)_c(\d)")
+from .layout import MarketLayoutDataset
 
 
-class DukeMTMCreID(ReIDDataset):
+class DukeMTMCreID(MarketLayoutDataset):
     """DukeMTMC-reID under ``root/dukemtmcreid/DukeMTMC-reID``; cameras 1..8 become 0..7."""
 
     name = "dukemtmcreid"
     dataset_dir = Path("dukemtmcreid") / "DukeMTMC-reID"
-
-    def __init__(self, root: str | Path, verbose: bool = True) -> None:
-        data_dir = Path(root).expanduser() / self.dataset_dir
-        # Junk rule: the release has no junk; the Market rule (pid -1 dropped, pid 0 gallery-only) is applied.
-        train, query, gallery = parse_market_layout(data_dir, PATTERN, example="0001_c2_f0046182.jpg")
-        super().__init__(train, query, gallery, root=data_dir, verbose=verbose)
+    pattern = re.compile(r"([-\d]+)_c(\d)")
+    example = "0001_c2_f0046182.jpg"
+    # Junk rule: the release has no junk; the Market rule (pid -1 dropped, pid 0 gallery-only) is applied.
+    distractor_pid = 0

@@ -10,7 +10,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .base import DatasetError, ImageItem
+from .image_check import READ_ERRORS
 from .sampler import SAMPLERS
+
+# appended to every read error: what the check at load time covers, and why a run cannot drop the file
+READ_ADVICE = (
+    "The check made when the dataset was built reads each file's header (and a JPEG's last bytes) only, so "
+    "damage inside the image data, or a file changed since, shows up here. A file that fails during a run is not "
+    "left out, even with dataset.on_bad_image=skip: dropping it mid-epoch would change the run. Replace or "
+    "delete the file and start the run again."
+)
 
 
 class ImageReadError(DatasetError, OSError):
@@ -19,6 +28,9 @@ class ImageReadError(DatasetError, OSError):
 
 class ImageDataset(Dataset):
     """Items (path, pid, camid) -> ``(image, pid, camid, index)``; the image is read with PIL as RGB.
+
+    A file that cannot be decoded (e.g. a truncated JPEG: mqreid leaves PIL's ``LOAD_TRUNCATED_IMAGES``
+    False, so no partial image is returned) raises :class:`ImageReadError` naming it.
 
     ``indices`` ([len(items)], default 0..len-1) is the index returned for each item, e.g. its position
     in a larger list that this dataset is a subset or shard of.
@@ -52,8 +64,8 @@ class ImageDataset(Dataset):
         try:
             with Image.open(path) as img:
                 image = img.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ImageReadError(f"cannot read image {path}: {e}") from e
+        except READ_ERRORS as e:
+            raise ImageReadError(f"cannot read image {path}: {e}. {READ_ADVICE}") from e
         if self.transform is not None:
             image = self.transform(image)
         return image, pid, camid, self.indices[i]

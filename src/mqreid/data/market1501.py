@@ -20,61 +20,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import DatasetError, ImageItem, ReIDDataset, parse_folder, relabel
-
-PATTERN = re.compile(r"([-\d]+)_c(\d)")
-
-SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+from .layout import MarketLayoutDataset
 
 
-def market_layout_hint(data_dir: Path, example: str) -> str:
-    """The expected Market-style layout under ``data_dir``, for error messages."""
-    return f"{data_dir}/ holding bounding_box_train/, query/, bounding_box_test/ with names like {example}"
-
-
-def require_nonempty(items: list[ImageItem], folder: Path, layout_hint: str) -> list[ImageItem]:
-    """Return ``items`` unless empty, in which case raise naming ``folder`` and the layout."""
-    if not items:
-        raise DatasetError(f"no usable images in {folder}; expected layout: {layout_hint}")
-    return items
-
-
-def parse_market_layout(
-    data_dir: Path,
-    pattern: re.Pattern[str],
-    *,
-    example: str,
-    camid_base: int = 1,
-    distractor_pid: int | None = 0,
-) -> tuple[list[ImageItem], list[ImageItem], list[ImageItem]]:
-    """Parse the three folders of a Market-style release into (train, query, gallery).
-
-    ``pattern`` captures (pid, camera); ``camid_base`` is subtracted from the camera number. Junk (pid -1)
-    is dropped everywhere, distractors (``distractor_pid``; None when the release has none) are dropped
-    from train, and the training pids are relabelled to 0..P-1.
-    """
-    data_dir = Path(data_dir)
-    hint = market_layout_hint(data_dir, example)
-    if not data_dir.is_dir():
-        raise DatasetError(f"missing folder {data_dir}; expected layout: {hint}")
-    splits = []
-    train_skip = (-1,) if distractor_pid is None else (-1, distractor_pid)
-    for split, skip in (("train", train_skip), ("query", (-1,)), ("gallery", (-1,))):
-        folder = data_dir / SPLIT_FOLDERS[split]
-        items = parse_folder(folder, pattern, layout_hint=hint, camid_base=camid_base, skip_pids=skip)
-        splits.append(require_nonempty(items, folder, hint))
-    train, query, gallery = splits
-    return relabel(train), query, gallery
-
-
-class Market1501(ReIDDataset):
+class Market1501(MarketLayoutDataset):
     """Market-1501 under ``root/market1501/Market-1501-v15.09.15``; cameras 1..6 become 0..5."""
 
     name = "market1501"
     dataset_dir = Path("market1501") / "Market-1501-v15.09.15"
-
-    def __init__(self, root: str | Path, verbose: bool = True) -> None:
-        data_dir = Path(root).expanduser() / self.dataset_dir
-        # Junk rule: pid -1 = junk boxes, dropped everywhere; pid 0 = distractors, gallery only.
-        train, query, gallery = parse_market_layout(data_dir, PATTERN, example="0002_c1s1_000451_03.jpg")
-        super().__init__(train, query, gallery, root=data_dir, verbose=verbose)
+    pattern = re.compile(r"([-\d]+)_c(\d)")
+    example = "0002_c1s1_000451_03.jpg"
+    # Junk rule: pid -1 = junk boxes, dropped everywhere; pid 0 = distractors, gallery only.
+    distractor_pid = 0

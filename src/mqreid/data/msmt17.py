@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from .base import DatasetError, ImageItem, ReIDDataset, relabel
-from .market1501 import parse_market_layout, require_nonempty
+from .layout import parse_market_layout, require_nonempty
 
 PATTERN = re.compile(r"^\d+_\d+_(\d+)_")  # official name -> camera (third field)
 MARKET_PATTERN = re.compile(r"([-\d]+)_c(\d+)")  # converted layout -> (pid, camera)
@@ -65,7 +65,7 @@ class MSMT17(ReIDDataset):
     name = "msmt17"
     dataset_dir = Path("msmt17") / "MSMT17_V1"
 
-    def __init__(self, root: str | Path, verbose: bool = True) -> None:
+    def __init__(self, root: str | Path, verbose: bool = True, on_bad_image: str = "error") -> None:
         data_dir = Path(root).expanduser() / self.dataset_dir
         if (data_dir / "list_train.txt").is_file():
             train = parse_list(data_dir / "list_train.txt", data_dir / "train")
@@ -74,8 +74,9 @@ class MSMT17(ReIDDataset):
             gallery = parse_list(data_dir / "list_gallery.txt", data_dir / "test")
             train = relabel(train)
         elif (data_dir / "bounding_box_train").is_dir():
+            # Junk rule: none in the release; pid -1 is dropped and pid 0 is a person here, not a distractor.
             train, query, gallery = parse_market_layout(
-                data_dir, MARKET_PATTERN, example="0000_c1_0000.jpg", distractor_pid=None  # pid 0 is a person here
+                data_dir, MARKET_PATTERN, example="0000_c1_0000.jpg", distractor_pid=None
             )
         else:
             raise DatasetError(
@@ -83,4 +84,4 @@ class MSMT17(ReIDDataset):
                 "list_{train,val,query,gallery}.txt (official release) or bounding_box_train/, query/, "
                 "bounding_box_test/ (Market-style conversion)"
             )
-        super().__init__(train, query, gallery, root=data_dir, verbose=verbose)
+        super().__init__(train, query, gallery, root=data_dir, verbose=verbose, on_bad_image=on_bad_image)

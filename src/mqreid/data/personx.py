@@ -20,25 +20,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import ImageItem, ReIDDataset
-from .market1501 import parse_market_layout
-
-PATTERN = re.compile(r"([-\d]+)_c(\d+)")
+from .layout import MarketLayoutDataset
 
 
-class PersonX(ReIDDataset):
+class PersonX(MarketLayoutDataset):
     """PersonX under ``root/personx/PersonX``; camera numbers mapped in sorted order to 0..C-1."""
 
     name = "personx"
     dataset_dir = Path("personx") / "PersonX"
-
-    def __init__(self, root: str | Path, verbose: bool = True) -> None:
-        data_dir = Path(root).expanduser() / self.dataset_dir
-        # Junk rule: pid -1 dropped everywhere, pid 0 kept in the gallery only (Market protocol).
-        splits = parse_market_layout(data_dir, PATTERN, example="0001_c3s1_0018.jpg", camid_base=0)
-        cameras = sorted({it.camid for items in splits for it in items})
-        cam_index = {cam: i for i, cam in enumerate(cameras)}
-        train, query, gallery = (
-            [ImageItem(it.path, it.pid, cam_index[it.camid]) for it in items] for items in splits
-        )
-        super().__init__(train, query, gallery, root=data_dir, verbose=verbose)
+    pattern = re.compile(r"([-\d]+)_c(\d+)")
+    example = "0001_c3s1_0018.jpg"
+    sorted_cameras = True
+    # Junk rule: pid -1 dropped everywhere, pid 0 kept in the gallery only (Market protocol).
+    distractor_pid = 0

@@ -29,17 +29,18 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .base import ReIDDataset, parse_folder, relabel
+from .base import ReIDDataset
+from .layout import parse_market_layout
 
 _VERSION = 1  # bump whenever the rendering changes, so cached folders are not reused by mistake
-_PATTERN = re.compile(r"([-\d]+)_c(\d)")
-_LAYOUT = "synthetic/<params>/{bounding_box_train,query,bounding_box_test}/PPPP_cCsS_FFFFFF_BB.jpg"
+_PATTERN = re.compile(r"([-\d]+)_c(\d)")  # PPPP_cCsS_FFFFFF_BB.jpg -> pid PPPP, camera C (1-based)
 _JPEG_QUALITY = 90
 _STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR, _STREAM_SITE = range(6)
 
@@ -451,6 +452,8 @@ class Synthetic(ReIDDataset):
         noise: strength of the per-camera sensor noise, blur and resolution loss; 0 disables them.
         occlusion: probability that an image is partly occluded.
         seed: generation seed; same parameters and seed give byte-identical files.
+        verbose, on_bad_image: see :class:`~mqreid.data.base.ReIDDataset` (the generated files are
+            checked like any dataset's).
     """
 
     name = "synthetic"
@@ -471,11 +474,8 @@ class Synthetic(ReIDDataset):
         occlusion: float = 0.2,
         seed: int = 0,
         verbose: bool = True,
+        on_bad_image: str = "error",
     ) -> None:
-        try:  # Hydra passes a ListConfig
-            images_per_id = tuple(int(v) for v in images_per_id)  # type: ignore[assignment]
-        except TypeError:
-            raise ValueError(f"Synthetic: images_per_id must be (min, max), got {images_per_id!r}") from None
         self.params = dict(num_train_ids=num_train_ids, num_test_ids=num_test_ids, num_cameras=num_cameras,
                            images_per_id=images_per_id, num_distractors=num_distractors, height=height,
                            width=width, camera_shift=float(camera_shift), noise=float(noise),
@@ -484,10 +484,9 @@ class Synthetic(ReIDDataset):
         folder = Path(root) / self.name / self.folder_name(**self.params)
         if not folder.is_dir():
             _generate_atomically(folder, **self.params)
-        query = parse_folder(folder / "query", _PATTERN, layout_hint=_LAYOUT)
-        gallery = parse_folder(folder / "bounding_box_test", _PATTERN, layout_hint=_LAYOUT)
-        train = relabel(parse_folder(folder / "bounding_box_train", _PATTERN, layout_hint=_LAYOUT))
-        super().__init__(train, query, gallery, root=folder, verbose=verbose)
+        # Junk rule: no junk; the distractors (pid 0) are in the gallery only.
+        train, query, gallery = parse_market_layout(folder, _PATTERN, example="0001_c1s1_000000_00.jpg")
+        super().__init__(train, query, gallery, root=folder, verbose=verbose, on_bad_image=on_bad_image)
 
     @staticmethod
     def folder_name(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_id: tuple[int, int],
@@ -510,8 +509,9 @@ def _validate(*, num_train_ids, num_test_ids, num_cameras, images_per_id, num_di
     need(num_train_ids + num_test_ids <= 9999, "num_train_ids + num_test_ids", "<= 9999 (4-digit pids)",
          num_train_ids + num_test_ids)
     need(2 <= num_cameras <= 9, "num_cameras", "in 2..9", num_cameras)
-    need(len(images_per_id) == 2 and 4 <= images_per_id[0] <= images_per_id[1], "images_per_id",
-         "(min, max) with 4 <= min <= max", images_per_id)
+    need(isinstance(images_per_id, Sequence) and not isinstance(images_per_id, str) and len(images_per_id) == 2
+         and 4 <= images_per_id[0] <= images_per_id[1], "images_per_id", "(min, max) with 4 <= min <= max",
+         images_per_id)
     need(0 <= num_distractors <= 999999, "num_distractors", "in 0..999999", num_distractors)
     need(height >= 16, "height", ">= 16", height)
     need(width >= 8, "width", ">= 8", width)

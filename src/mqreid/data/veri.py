@@ -20,27 +20,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import ReIDDataset, parse_folder, relabel
-from .market1501 import require_nonempty
-
-PATTERN = re.compile(r"([-\d]+)_c(\d+)")
-
-SPLIT_FOLDERS = {"train": "image_train", "query": "image_query", "gallery": "image_test"}
+from .layout import MarketLayoutDataset
 
 
-class VeRi(ReIDDataset):
+class VeRi(MarketLayoutDataset):
     """VeRi-776 under ``root/veri/VeRi``; cameras c001..c020 become 0..19."""
 
     name = "veri"
     dataset_dir = Path("veri") / "VeRi"
-
-    def __init__(self, root: str | Path, verbose: bool = True) -> None:
-        data_dir = Path(root).expanduser() / self.dataset_dir
-        hint = f"{data_dir}/ holding image_train/, image_query/, image_test/ with names like 0001_c001_00016450_0.jpg"
-        splits = {}
-        for split, folder_name in SPLIT_FOLDERS.items():
-            folder = data_dir / folder_name
-            # Junk rule: pid -1 (junk) is dropped everywhere; the release has no distractors.
-            items = parse_folder(folder, PATTERN, layout_hint=hint, camid_base=1, skip_pids=(-1,))
-            splits[split] = require_nonempty(items, folder, hint)
-        super().__init__(relabel(splits["train"]), splits["query"], splits["gallery"], root=data_dir, verbose=verbose)
+    pattern = re.compile(r"([-\d]+)_c(\d+)")
+    example = "0001_c001_00016450_0.jpg"
+    folders = {"train": "image_train", "query": "image_query", "gallery": "image_test"}
+    # Junk rule: pid -1 (junk) is dropped everywhere; the release has no distractors.
+    distractor_pid = None

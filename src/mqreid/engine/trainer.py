@@ -34,7 +34,7 @@ from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn
 
 from . import distributed
-from .checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic, to_json, write_atomic, write_json_atomic
+from .checkpoint import FORMAT_VERSION, load_checkpoint, to_json, write_atomic, write_json_atomic
 from .features import extract_items
 from .validate import ConfigError, resolve_workers, validate_config
 
@@ -42,7 +42,8 @@ log = logging.getLogger("mqreid")
 
 RANKING_KEYS = ("mAP", "rank1", "rank5", "rank10")
 # settings that may change when a run is resumed: they do not change what is trained
-RESUMABLE_CHANGES = ("resume", "progress", "device", "data_root", "dataset.root", "logger", "eval.every",
+RESUMABLE_CHANGES = ("resume", "progress", "device", "data_root", "dataset.root", "dataset.on_bad_image",
+                     "dataset._convert_", "logger", "eval.every",
                      "train.num_workers", "train.test_batch_size", "train.epochs", "run_dir")
 
 
@@ -387,6 +388,10 @@ class Trainer:
         self.history, self.results = list(state["history"]), dict(state["results"])
         self.resumed_from = Path(state["path"]).parent.parent if Path(state["path"]).parent.name == "checkpoints" \
             else Path(state["path"]).parent
+        if self.is_main:  # a write interrupted by a crash leaves its temporary file: the real file is intact
+            for stale in self.resumed_from.rglob(".*.tmp"):
+                log.info("resume: removing %s, left by an interrupted write", stale)
+                stale.unlink(missing_ok=True)
         log.info("resumed from %s at epoch %d", state["path"], self.start_epoch)
 
     # ------------------------------------------------------------------ the run's books
@@ -431,24 +436,25 @@ class Trainer:
             self.results["best"] = {"epoch": row["epoch"], **{k: row[k] for k in RANKING_KEYS}}
         if not self.is_main:
             return
-        write_atomic(self.run_dir / "metrics.jsonl", lambda f: f.writelines(to_json(r) + "\n" for r in self.history),
-                     mode="w")
+        self._write("metrics.jsonl", lambda f: f.writelines(to_json(r) + "\n" for r in self.history), mode="w")
         self.logger.log({f"epoch/{k}": v for k, v in row.items() if k != "epoch"} | {"epoch": row["epoch"]},
                         self.global_step)
         log.info(format_epoch(row, self.cfg.train.epochs))
-        config = OmegaConf.to_container(self.cfg, resolve=True)
         if improved:
-            self._save({"format": FORMAT_VERSION, "model": self.model.state_dict(), "epoch": row["epoch"],
-                        "metrics": self.results["best"], "config": config}, "best.pt")
-        self._save(self.checkpoint_state(), "last.pt")
+            best = {"format": FORMAT_VERSION, "model": self.model.state_dict(), "epoch": row["epoch"],
+                    "metrics": self.results["best"], "config": OmegaConf.to_container(self.cfg, resolve=True)}
+            self._write("checkpoints/best.pt", lambda f: torch.save(best, f))
+        state = self.checkpoint_state()
+        self._write("checkpoints/last.pt", lambda f: torch.save(state, f))
 
-    def _save(self, state: dict[str, Any], name: str) -> None:
-        path = self.run_dir / "checkpoints" / name
+    def _write(self, name: str, write, mode: str = "wb") -> None:
+        """Write a run file atomically; a failed write (e.g. a full disk) stops the run with a clear message."""
+        path = self.run_dir / name
         try:
-            save_atomic(state, path)
+            write_atomic(path, write, mode)
         except OSError as err:
-            raise RuntimeError(f"could not write checkpoint {path}: {err}. The previous {name} is intact; free space "
-                               f"(or fix the file system) and continue with resume={self.run_dir}") from err
+            raise RuntimeError(f"could not write {path}: {err}. The previous {path.name} is intact; free space (or "
+                               f"fix the file system) and continue with resume={self.run_dir}") from err
 
     def _close_run(self) -> dict[str, Any]:
         last = next((r for r in reversed(self.history) if "mAP" in r and r["epoch"] > 0), None)
@@ -457,7 +463,7 @@ class Trainer:
         self.results.update(world_size=self.env.world_size, epochs=self.cfg.train.epochs,
                             seconds=time.perf_counter() - self._started)
         if self.is_main:
-            write_json_atomic(self.run_dir / "results.json", self.results)
+            self._write("results.json", lambda f: f.write(to_json(self.results, indent=2)), mode="w")
             self.logger.finish()
             best = self.results["best"]
             log.info("results: initial mAP %.1f | best mAP %.1f (epoch %d) | final mAP %.1f R1 %.1f | %s",

@@ -1,0 +1,155 @@
+"""Mistakes caught before work starts, resume that never lies, and faults: SIGKILL at chosen points
+(inside a checkpoint write too) and a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mqreid.engine import checkpoint
+from mqreid.engine.checkpoint import load_checkpoint
+from mqreid.engine.trainer import Trainer
+from mqreid.engine.validate import ConfigError, config_problems, validate_config
+
+from conftest import REPO, TINY, TINY_EPS, compose_config
+
+HERE = Path(__file__).parent
+
+
+def test_every_bad_setting_is_listed_at_once():
+    cfg = compose_config(["train.iters=abc", "seed=-1", "train.batch_size=0", "memory.queue_size=0",
+                          "clusterer.eps=-1", "eval.every=0", "train.sampler=bogus", "input.flip_p=2",
+                          "optim.optimizer.lr=-1", "temp=learnable", "temp.tlr=-1", "+memory.queue_sz=3"])
+    problems = "\n".join(config_problems(cfg))
+    for expected in ("train.iters='abc': expected an integer >= 1", "seed=-1: expected an integer >= 0",
+                     "train.batch_size=0", "eval.every=0", "clusterer: eps", "train.sampler='bogus'",
+                     "input.flip_p=2", "optim: Invalid learning rate", "temp.tlr must be >= 0",
+                     "memory.queue_sz is not a setting of mqreid.memory.MultiQueueMemory"):
+        assert expected in problems, expected
+    with pytest.raises(ConfigError, match="invalid setting"):
+        validate_config(cfg)
+    assert config_problems(compose_config([])) == []  # the defaults are valid
+    for preset in ("market1501_dbscan", "msmt17_infomap", "veri_dbscan", "market1501_centroid"):
+        assert config_problems(compose_config([f"experiment={preset}"])) == []
+    bad = compose_config(["train.batch_size=60", "train.num_instances=16", "train.bn_group=7"])
+    assert any("multiple of train.num_instances=16" in p for p in config_problems(bad))
+    assert any("train.bn_group=7: expected a divisor" in p for p in config_problems(bad))
+
+
+@pytest.mark.slow
+def test_a_bad_setting_is_rejected_before_any_file_is_written(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "eval.every=0", "memory.queue_size=0",
+                           f"data_root={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, WANDB_MODE="disabled"))
+    assert proc.returncode == 2
+    assert "2 invalid setting(s)" in proc.stderr and "eval.every=0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(tmp_path.iterdir()) == []  # no run directory, no generated data
+
+
+def test_k1_larger_than_the_training_set_is_named(tiny_cfg):
+    with pytest.raises(ConfigError, match=r"clusterer.k1=500: expected fewer neighbours than the \d+ training"):
+        Trainer(tiny_cfg("clusterer.k1=500"), "unused")
+
+
+def _interrupted(tiny_cfg, tmp_path, *extra):
+    first = tiny_cfg("train.epochs=2", TINY_EPS, *extra)
+    first.run_dir = str(tmp_path / "part")
+    trainer = Trainer(first, first.run_dir)
+    trainer.cfg.train.epochs = 1  # "interrupted" after one epoch
+    trainer.fit()
+    return tmp_path / "part"
+
+
+@pytest.mark.slow
+def test_resume_refuses_settings_that_change_the_run(tiny_cfg, tmp_path):
+    part = _interrupted(tiny_cfg, tmp_path)
+    changed = tiny_cfg("train.epochs=2", TINY_EPS, f"resume={part}", "optim.optimizer.lr=0.1", "memory=centroid")
+    with pytest.raises(ValueError, match="would change the run") as err:
+        Trainer(changed, str(tmp_path / "again"))
+    assert "optim.optimizer.lr: 0.00035 in the checkpoint, 0.1 now" in str(err.value)
+    assert "memory._target_" in str(err.value)
+    allowed = tiny_cfg("train.epochs=2", TINY_EPS, f"resume={part}", "eval.every=2", "progress=true")
+    allowed.run_dir = str(tmp_path / "resumed")
+    results = Trainer(allowed, allowed.run_dir).fit()
+    resumed = Path(allowed.run_dir)
+    # the resumed directory stands on its own: the whole history, best.pt, the total time
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert (resumed / "checkpoints" / "best.pt").is_file()
+    first_seconds = load_checkpoint(part)["results"]["seconds"]
+    assert results["seconds"] > first_seconds > 0
+    assert results["best"]["epoch"] in (0, 1, 2)  # the untrained epoch 0 counts too
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    cfg = tiny_cfg("train.epochs=2", TINY_EPS)
+    trainer = Trainer(cfg, cfg.run_dir)
+    real_fsync, writes = os.fsync, []
+
+    def fsync(fd):
+        writes.append(fd)
+        if len(writes) > 6:  # enough for the first epochs' files, then the disk is full
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    with pytest.raises(RuntimeError, match=r"could not write .*No space left.*previous .* is intact.*resume="):
+        trainer.fit()
+    state = load_checkpoint(Path(cfg.run_dir))  # still a complete, loadable file
+    assert state["epoch"] in (0, 1)
+    assert not [p for p in Path(cfg.run_dir).rglob("*.tmp")]
+
+
+def _child(config: Path, run_dir: Path, *kill: str) -> int:
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(HERE / "fault_child.py"), str(config), str(run_dir), *kill],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=run_dir.parent)
+    return proc.returncode
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def _assert_complete(run_dir: Path) -> None:
+    """No file in the run directory is truncated: every JSON, JSONL and checkpoint parses."""
+    for path in run_dir.rglob("*"):
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            [json.loads(line) for line in path.read_text().splitlines()]
+        elif path.suffix == ".pt":
+            load_checkpoint(path)
+        assert not path.name.endswith(".tmp"), f"a temporary file was left behind: {path}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", [("5", "inside"), ("8", "before")], ids=["inside-a-write", "between-writes"])
+def test_sigkill_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, kill):
+    cfg = compose_config([*TINY, f"data_root={data_root}", "train.epochs=3", TINY_EPS])
+    config = tmp_path / "config.yaml"
+    OmegaConf.save(cfg, config)
+    assert _child(config, tmp_path / "full") == 0
+    assert _child(config, tmp_path / "killed", *kill) == -9  # SIGKILL
+    state = load_checkpoint(tmp_path / "killed")
+    assert state["epoch"] < 3  # it really stopped early
+    resumed_cfg = OmegaConf.merge(cfg, {"resume": str(tmp_path / "killed")})
+    OmegaConf.save(resumed_cfg, config)
+    assert _child(config, tmp_path / "resumed") == 0
+    _assert_complete(tmp_path / "killed")  # the interrupted write's temporary file was cleared on resume
+    _assert_complete(tmp_path / "resumed")
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "full")
+    full = load_checkpoint(tmp_path / "full")["model"]
+    resumed = load_checkpoint(tmp_path / "resumed")["model"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
