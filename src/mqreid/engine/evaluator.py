@@ -16,6 +16,7 @@ from mqreid.evaluation import evaluate_retrieval
 from .checkpoint import load_checkpoint, write_json_atomic
 from .distributed import resolve_device
 from .features import extract_items
+from .pictures import ranked_lists
 from .validate import resolve_workers
 
 log = logging.getLogger("mqreid")
@@ -74,6 +75,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s on %s (%dx%d input)\n%s", state["path"], dataset.name, height, width, format_table(rows))
     out = Path(to_absolute_path(cfg.output)) if cfg.output else \
         Path(state["path"]).with_name(f"{Path(state['path']).stem}_eval_{dataset.name}.json")
+    if eval_cfg.visualize:
+        picture = ranked_lists(out.with_suffix(".png"), dataset, features["query"], features["gallery"],
+                               eval_cfg.visualize, eval_cfg.metric)
+        if picture is not None:
+            log.info("wrote %s", picture)
     result = {"checkpoint": state["path"], "dataset": dataset.name, "input": [height, width], **rows}
     write_json_atomic(out, result)
     log.info("wrote %s", out)

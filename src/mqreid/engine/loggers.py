@@ -1,6 +1,7 @@
 """Experiment loggers: the console (default) and Weights & Biases.
 
-Both take the same calls: ``start(config, run_dir)``, ``log(metrics, step)``, ``finish()``. Only rank 0 logs.
+Both take the same calls: ``start(config, run_dir)``, ``log(metrics, step)``, ``log_image(key, path, step)``,
+``finish()``. Only rank 0 logs.
 The trainer writes metrics.jsonl, results.json and the checkpoints itself, whatever the logger.
 """
 
@@ -26,6 +27,9 @@ class ConsoleLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if any(k.startswith("step/") for k in metrics) and step % self.step_every == 0:
             log.debug("step %d %s", step, {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()})
+
+    def log_image(self, key: str, path, step: int) -> None:
+        log.info("%s: %s", key, path)
 
     def finish(self) -> None:
         pass
@@ -58,6 +62,10 @@ class WandbLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None:
             self.run.log(metrics)
+
+    def log_image(self, key: str, path, step: int) -> None:
+        if self.run is not None:
+            self.run.log({f"images/{key}": self._wandb.Image(str(path)), "global_step": step})
 
     def finish(self) -> None:
         if self.run is not None:

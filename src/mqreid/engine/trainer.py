@@ -33,7 +33,7 @@ from mqreid.data.transforms import build_test_transform, build_train_transform
 from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn
 
-from . import distributed
+from . import distributed, pictures
 from .checkpoint import FORMAT_VERSION, load_checkpoint, to_json, write_atomic, write_json_atomic
 from .features import extract_items
 from .validate import ConfigError, resolve_workers, validate_config
@@ -225,6 +225,9 @@ class Trainer:
             with timed(row, "cluster"):
                 labels = self.cluster(features)
             row.update(self.describe_clusters(labels))
+            if self.evaluation_due(epoch) and self.cfg.train.cluster_gallery and self.is_main:
+                self.picture(f"clusters/epoch{epoch + 1:03d}.png", pictures.cluster_gallery, self.dataset, labels,
+                             seed=self.cfg.seed)
             row["loss"] = math.nan  # stays NaN (null in metrics.jsonl) when the epoch cannot train
             if self.trainable(row):
                 with timed(row, "train"):
@@ -344,13 +347,23 @@ class Trainer:
         eval_cfg = self.cfg.eval
         (query_pids, query_cams), (gallery_pids, gallery_cams) = map(id_arrays, (self.dataset.query,
                                                                                  self.dataset.gallery))
-        rows = evaluate_retrieval(self.extract(self.dataset.query), self.extract(self.dataset.gallery),
+        query_features, gallery_features = self.extract(self.dataset.query), self.extract(self.dataset.gallery)
+        if eval_cfg.visualize and self.is_main:
+            self.picture(f"ranked_lists/epoch{len(self.history):03d}.png", pictures.ranked_lists, self.dataset,
+                         query_features, gallery_features, eval_cfg.visualize, eval_cfg.metric, seed=self.cfg.seed)
+        rows = evaluate_retrieval(query_features, gallery_features,
                                   query_pids, gallery_pids, query_cams, gallery_cams, metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1, k2=eval_cfg.k2,
                                   lambda_value=eval_cfg.lambda_value, device=self.device)
         out = {k: rows["plain"][k] for k in RANKING_KEYS}
         if "re-ranked" in rows:
             out.update({f"rerank_{k}": rows["re-ranked"][k] for k in RANKING_KEYS})
         return out
+
+    def picture(self, name: str, draw, *args, **kwargs) -> None:
+        """Draw a picture into the run directory and hand it to the logger (e.g. wandb images)."""
+        path = draw(self.run_dir / name, *args, **kwargs)
+        if path is not None:
+            self.logger.log_image(name.split("/")[0], path, self.global_step)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
