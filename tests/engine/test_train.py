@@ -104,9 +104,15 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         load_checkpoint(tmp_path / "nothere.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt is not a readable mqreid checkpoint") as err:
+    with pytest.raises(ValueError, match="junk.pt is not a checkpoint: a .pt file written by train.py is a zip"):
         load_checkpoint(tmp_path / "junk.pt")
-    assert "weights_only=False" not in str(err.value)  # torch's advice would be unsafe here
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt is not a checkpoint"):
+        load_checkpoint(tmp_path / "notes.txt")
+    torch.save({"model": {}, "epoch": 1, "config": {}, "extra": Path("x")}, tmp_path / "pickled.pt")
+    with pytest.raises(ValueError, match="pickled.pt cannot be loaded safely") as err:
+        load_checkpoint(tmp_path / "pickled.pt")
+    assert "weights_only" not in str(err.value)  # torch's advice to turn it off would be unsafe here
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt.*not an mqreid checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

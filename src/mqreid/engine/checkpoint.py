@@ -82,12 +82,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (expected a .pt file written by train.py, "
                                 f"or a run directory containing checkpoints/last.pt)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise ValueError(f"{path} is not a checkpoint: a .pt file written by train.py is a zip archive (torch.save), "
+                         f"this file is not one (it starts with {magic!r})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a readable mqreid checkpoint (expected a .pt file written by train.py; "
-                         f"torch.load said: {first_line[:200]})") from err
+        raise ValueError(f"{path} cannot be loaded safely: it is a torch file, but it holds objects other than "
+                         f"tensors and plain containers, or it is damaged; mqreid loads only what train.py writes "
+                         f"(and never unpickles arbitrary objects)") from err
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path} is not an mqreid checkpoint: it lacks {missing} (expected the keys "

@@ -130,7 +130,7 @@ def _component_problems(cfg: DictConfig) -> list[str]:
         try:
             make()
         except Exception as err:  # the component's own message names the setting
-            message = str(err)
+            message = str(err.__cause__ or err)  # instantiate wraps the constructor's error
             problems.append(message if message.startswith(f"{group}.") else f"{group}: {message}")
 
     def clusterer() -> None:
