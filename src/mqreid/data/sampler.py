@@ -15,12 +15,18 @@ whatever the number of processes or loader workers.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections import defaultdict, deque
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+
+
+log = logging.getLogger(__name__)
+
+
+_said: set[str] = set()  # messages worth saying once per process, not every epoch
 
 
 def sample_key(seed: int, epoch: int, position: int) -> int:
@@ -152,9 +158,10 @@ class CameraRoundRobinSampler(_GlobalBatchSampler):
             for index in members.tolist():
                 by_cam[int(self.cam_array[index])].append(index)
             self.cam_groups.append([np.asarray(v) for v in by_cam.values()])
-        if len(self.pids) < self.num_ids_per_batch:
-            warnings.warn(f"CameraRoundRobinSampler: only {len(self.pids)} identities for P = "
-                          f"{self.num_ids_per_batch} per batch; identities will repeat within a batch", stacklevel=2)
+        if len(self.pids) < self.num_ids_per_batch and "few ids" not in _said:  # common in short debug runs
+            _said.add("few ids")
+            log.info("camera_round_robin sampler: only %d identities for P = %d per batch; identities repeat within "
+                     "a batch", len(self.pids), self.num_ids_per_batch)
 
     def _instances(self, rng: np.random.Generator, groups: list[np.ndarray]) -> np.ndarray:
         """K indices of one identity: round-robin over its cameras (random order), repeats only if too few."""
