@@ -26,8 +26,9 @@ def test_eps_sweep_end_to_end(data_root, tmp_path, capsys):
     # the stored data root is gone (the run was trained elsewhere): --data-root points at the data
     moved = tmp_path / "moved"
     ckpt = write_tiny_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", moved)
+    gallery = tmp_path / "clusters.png"
     code = main([str(ckpt), "--eps", "0.3:0.45:0.05", "--data-root", str(data_root), "--device", "cpu",
-                 "--num-workers", "0", "--batch-size", "64"])
+                 "--num-workers", "0", "--batch-size", "64", "--gallery", str(gallery)])
     assert code == 0 and not moved.exists()
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line[:1] in "* " and line.lstrip("* ")[:1].isdigit()]
@@ -35,6 +36,7 @@ def test_eps_sweep_end_to_end(data_root, tmp_path, capsys):
     assert table[-1].startswith("*") and "8 true ids" in printed
     out = ckpt.parent / "eps_sweep.png"
     assert f"wrote {out}" in printed and out.stat().st_size > 10_000
+    assert f"wrote {gallery}" in printed and gallery.stat().st_size > 10_000
 
     sweep = run_eps_sweep(ckpt, [0.5, 0.7], data_root=data_root, device="cpu")
     assert [r["eps"] for r in sweep.rows] == [0.5, 0.7] and sweep.configured_eps == 0.5

@@ -1,7 +1,7 @@
 """How the DBSCAN radius ``eps`` shapes the clusters of a trained checkpoint.
 
     python -m mqreid.eps outputs/.../checkpoints/best.pt [--eps 0.3:0.8:0.02 | --eps 0.4 0.5 0.6]
-                         [--out eps_sweep.png] [--data-root DIR]
+                         [--out eps_sweep.png] [--gallery clusters.png] [--data-root DIR]
 
 Embeds the training set of the checkpoint's dataset (its stored ``dataset`` config; ``--data-root`` replaces
 the stored root, which is relative to the folder training was started from) as the trainer does before
@@ -9,7 +9,7 @@ clustering (test transform, ``eval.flip``, then per-camera centering when ``trai
 builds one k-reciprocal Jaccard graph with the stored clusterer's ``k1``/``k2`` and runs DBSCAN for every
 eps on it. Prints a table and draws the number of clusters, the outlier ratio and, when the training ids are
 known, ARI/NMI against eps, with the configured eps marked (default output: ``eps_sweep.png`` beside the
-checkpoint). The configured eps is always part of the sweep.
+checkpoint). The configured eps is always part of the sweep; ``--gallery`` also draws its clusters.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class EpsSweep:
     ``rows``: one dict per eps, ascending (``eps``, ``num_clusters``, ``outlier_ratio``, and ``ari``/``nmi``
     when the training ids are known; see :meth:`mqreid.cluster.DBSCANClusterer.sweep_eps`).
     ``num_true_ids``: identities in the training set, None when unknown.
+    ``labels``: [N] DBSCAN labels at the configured eps; ``paths`` [N] and ``true_pids`` [N] (or None) of the
+    training images, for a cluster gallery.
     """
 
     rows: list[dict]
@@ -46,6 +48,9 @@ class EpsSweep:
     num_true_ids: int | None
     checkpoint: str
     dataset: str
+    labels: np.ndarray | None = None
+    paths: list[str] | None = None
+    true_pids: np.ndarray | None = None
 
 
 def parse_eps(tokens: str | Sequence[str]) -> list[float]:
@@ -141,11 +146,13 @@ def run_eps_sweep(checkpoint: str | Path, eps_values: Sequence[float] | None = N
     true = np.array([it.pid for it in items]) if dataset.train_labels_known else None
     clusterer = DBSCANClusterer(**params)
     rows = clusterer.sweep_eps(features.to(model.device), eps_values, true_labels=true)
+    labels = next(row["labels"] for row in rows if abs(row["eps"] - params["eps"]) < 1e-12)
     for row in rows:
         row.pop("labels")
     return EpsSweep(rows=rows, configured_eps=params["eps"], num_images=len(items),
                     num_true_ids=len(np.unique(true)) if true is not None else None, checkpoint=where,
-                    dataset=str(config["dataset"].get("name", "?")))
+                    dataset=str(config["dataset"].get("name", "?")), labels=labels,
+                    paths=[it.path for it in items], true_pids=true)
 
 
 def format_table(sweep: EpsSweep) -> str:
@@ -205,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"start:stop:step (stop included), comma lists or numbers (default {DEFAULT_EPS})")
     parser.add_argument("--out", metavar="PNG", help="the picture to write (default: eps_sweep.png beside the "
                                                      "checkpoint)")
+    parser.add_argument("--gallery", metavar="PNG", help="also draw a cluster gallery of the configured eps's clusters")
     parser.add_argument("--data-root", metavar="DIR", help="the data folder (default: the stored dataset.root)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=256, help="images embedded at once (default 256)")
@@ -228,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(sweep))
     out = save_figure(eps_figure(sweep), args.out or Path(sweep.checkpoint).parent / "eps_sweep.png")
     print(f"wrote {out}")
+    if args.gallery:
+        from mqreid.visualize import cluster_gallery_figure
+
+        print(f"wrote {save_figure(cluster_gallery_figure(sweep.paths, sweep.labels, sweep.true_pids), args.gallery)}")
     return 0
 
 
