@@ -16,15 +16,14 @@ Install the requirements with ``pip install 'mqreid[export]'``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mqreid.atomic import atomic_path
 from mqreid.inference import ReIDModel
 
 __all__ = ["EXPORTERS", "export_onnx", "onnx_max_abs_diff", "main"]
@@ -61,32 +60,18 @@ def export_onnx(model: ReIDModel, path: str | Path, *, opset: int = DEFAULT_OPSE
     network = model.network.eval()
     # batch 2: a batch of 1 would let the exporter treat the batch size as a constant
     example = torch.zeros(2, 3, *model.input_size, device=model.device)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if exporter == "dynamo":
-            torch.onnx.export(network, (example,), tmp, dynamo=True, input_names=[INPUT_NAME],
+            torch.onnx.export(network, (example,), str(tmp), dynamo=True, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], opset_version=opset, external_data=False, verbose=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},))
         else:
             with warnings.catch_warnings():  # torch marks this exporter as deprecated
                 warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(network, (example,), tmp, dynamo=False, input_names=[INPUT_NAME],
+                torch.onnx.export(network, (example,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
                                   output_names=[OUTPUT_NAME], opset_version=opset,
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        os.chmod(tmp, _file_mode())  # mkstemp creates the file readable by its owner only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
-
-
-def _file_mode() -> int:
-    """The permissions of a newly created file under the process umask (0o644 for umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def onnx_max_abs_diff(path: str | Path, model: ReIDModel, *, batch_size: int = 3, seed: int = 0) -> float:

@@ -31,13 +31,14 @@ import os
 import re
 import statistics
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mqreid.atomic import atomic_path
 
 METRICS = ("mAP", "rank1", "rank5", "rank10")
 NAMES = {"mAP": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10"}
@@ -527,21 +528,9 @@ def plot_curves(report: Report, path: str | Path) -> str | None:
     ax.set(xlabel="epoch", ylabel=f"{name} (%)", title=f"{name} per epoch: mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    _write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     return None
-
-
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(report: Report, out_dir: str | Path) -> tuple[list[Path], list[str]]:
@@ -549,7 +538,8 @@ def write_report(report: Report, out_dir: str | Path) -> tuple[list[Path], list[
     out_dir = Path(out_dir)
     written, warnings = [], []
     for name, text in (("report.md", render_markdown(report)), ("report.csv", render_csv(report))):
-        _write_atomic(out_dir / name, lambda tmp, text=text: tmp.write_text(text))
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_text(text)
         written.append(out_dir / name)
     reason = plot_curves(report, out_dir / "report.png")
     if reason is None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+from mqreid.atomic import write_atomic
 
 __all__ = ["average_precision", "cluster_gallery_figure", "cluster_purity", "filtered_ranking",
            "ranked_list_figure", "save_figure", "select_clusters", "select_queries"]
@@ -375,28 +376,18 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: float | None = None, 
         raise ValueError(f"colors must be an int in [2, 256] or None, got {colors!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if colors is None:
-                fig.savefig(f, format="png", dpi=dpi or fig.dpi)
-            else:
-                buffer = io.BytesIO()
-                fig.savefig(buffer, format="png", dpi=dpi or fig.dpi)
-                with Image.open(buffer) as img:
-                    rgb = img.convert("RGB")
-                rgb.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-                    f, format="PNG", optimize=True)
-        os.chmod(tmp, _file_mode())  # mkstemp creates the file readable by its owner only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(f) -> None:
+        if colors is None:
+            fig.savefig(f, format="png", dpi=dpi or fig.dpi)
+            return
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi or fig.dpi)
+        with Image.open(buffer) as img:
+            rgb = img.convert("RGB")
+        rgb.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(f, format="PNG",
+                                                                                              optimize=True)
+
+    write_atomic(path, write)
     return path
 
 
-def _file_mode() -> int:
-    """The permissions of a newly created file under the process umask (0o644 for umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask

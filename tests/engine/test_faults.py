@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mqreid.engine import checkpoint
+from mqreid import atomic
 from mqreid.engine.checkpoint import load_checkpoint
 from mqreid.engine.trainer import Trainer
 from mqreid.engine.validate import ConfigError, config_problems, validate_config
@@ -102,7 +102,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypat
             raise OSError(28, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
     with pytest.raises(RuntimeError, match=r"could not write .*No space left.*previous .* is intact.*resume="):
         trainer.fit()
     state = load_checkpoint(Path(cfg.run_dir))  # still a complete, loadable file

@@ -129,6 +129,7 @@ def test_checkpoint_format_versions(tmp_path):
 
 
 def test_json_writer_is_atomic_and_strict(tmp_path, monkeypatch):
+    from mqreid import atomic
     from mqreid.engine import checkpoint
 
     path = tmp_path / "results.json"
@@ -138,7 +139,7 @@ def test_json_writer_is_atomic_and_strict(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full_disk)
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space left"):
         checkpoint.write_json_atomic(path, {"mAP": 1.0})
     assert json.loads(path.read_text())["mAP"] is None  # the previous file is intact

@@ -10,42 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
+from mqreid.atomic import write_atomic
 
 FORMAT_VERSION = 2
 CHECKPOINT_KEYS = ("model", "epoch", "config")
 
 
-def write_atomic(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(file)`` on a fresh temporary file beside ``path``, fsync it, then rename it into place.
-
-    A crash (or a full disk) at any point leaves either the previous file or the new one, never a truncated
-    file; the temporary file is removed on failure and the error propagates.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (see :func:`write_atomic`)."""
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`mqreid.atomic.write_atomic`)."""
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
