@@ -153,3 +153,44 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, ki
     full = load_checkpoint(tmp_path / "full")["model"]
     resumed = load_checkpoint(tmp_path / "resumed")["model"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_debug_fast_composes_for_every_dataset():
+    for name in ("market1501", "msmt17", "custom"):
+        overrides = ["debug=fast", f"dataset={name}"] + (["dataset.root=/somewhere"] if name == "custom" else [])
+        cfg = compose_config(overrides)
+        assert "num_train_ids" not in cfg.dataset  # only the synthetic set is shrunk
+        assert cfg.train.iters == 3 and config_problems(cfg) == []
+    assert compose_config(["debug=fast"]).dataset.num_train_ids == 12
+
+
+def test_loader_workers_follow_the_cores(monkeypatch):
+    from mqreid.engine import validate
+
+    monkeypatch.setattr(validate.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert validate.resolve_workers("auto") == 2 and validate.resolve_workers(3) == 3
+    monkeypatch.setattr(validate.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert validate.resolve_workers("auto") == 0
+
+
+def test_resumed_run_carries_the_earlier_log_lines(tmp_path):
+    import logging
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "train.log").write_text("epoch 1/2 | earlier line\n")
+    (old / "checkpoints" / "best.pt").write_bytes(b"PK\x03\x04weights")
+    (new / "checkpoints").mkdir(parents=True)
+    handler = logging.FileHandler(new / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        trainer = Trainer.__new__(Trainer)  # only the bookkeeping under test
+        trainer.run_dir = new
+        trainer._carry_over(old)
+        logging.getLogger("mqreid").warning("a new line")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    text = (new / "train.log").read_text()
+    assert text.index("earlier line") < text.index("resumed from") < text.index("a new line")
+    assert (new / "checkpoints" / "best.pt").read_bytes() == b"PK\x03\x04weights"

@@ -440,6 +440,10 @@ def _plan_identity(rng: np.random.Generator, num_cameras: int, images_per_id: tu
 class Synthetic(ReIDDataset):
     """Procedural pedestrian re-ID benchmark (see the module docstring).
 
+    The constructor's defaults are the full-strength camera model (camera_shift 1.0, noise 1.0, occlusion
+    0.2). ``python train.py`` trains on ``conf/dataset/synthetic.yaml`` instead (0.3 / 0.3 / 0.1), so
+    ``Synthetic(root)`` is not the default benchmark: pass those values to get it.
+
     Args:
         root: data root; images go to ``<root>/synthetic/<folder named by every parameter>``.
         num_train_ids / num_test_ids: identities in the training / query+gallery splits.

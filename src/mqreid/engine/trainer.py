@@ -150,10 +150,11 @@ class Trainer:
             if k is not None and k >= n_train:
                 raise ConfigError(f"clusterer.{key}={k}: expected fewer neighbours than the {n_train} training images "
                                   f"of {self.dataset.name}; set clusterer.{key}={max(1, n_train // 4)} or less")
-        inp = cfg.input
-        self.train_transform = build_train_transform(inp.height, inp.width, flip_p=inp.flip_p, pad=inp.pad,
-                                                     erasing_p=inp.erasing_p, color_jitter=inp.color_jitter)
-        self.test_transform = build_test_transform(inp.height, inp.width)
+        input_cfg = cfg.input
+        self.train_transform = build_train_transform(input_cfg.height, input_cfg.width, flip_p=input_cfg.flip_p,
+                                                     pad=input_cfg.pad, erasing_p=input_cfg.erasing_p,
+                                                     color_jitter=input_cfg.color_jitter)
+        self.test_transform = build_test_transform(input_cfg.height, input_cfg.width)
         self.model, self.train_model = self._build_model()
         self.temperature = instantiate(cfg.temp).to(self.device)
         self.optimizer = self._build_optimizer()
