@@ -79,11 +79,13 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_degenerate_clustering_is_reported_not_crashed(tiny_cfg, caplog):
+    caplog.set_level("INFO", logger="mqreid")
     cfg = tiny_cfg("clusterer.min_samples=1000", "train.epochs=1")  # no core point: all outliers
     results, run = _run(cfg)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["clusters"] == 0 and row["outlier_ratio"] == 1.0 and row["loss"] is None  # NaN is written as null
     assert "training skipped" in caplog.text
+    assert f"run directory: {run}" in caplog.text  # said at the start, not only at the end
 
 
 def test_atomic_checkpoint_keeps_the_last_good_file(tmp_path, monkeypatch):
@@ -157,3 +159,14 @@ def test_camera_centering_removes_the_per_camera_mean():
     for c in (0, 1):  # centred before normalising: the direction of the mean is gone
         centred = feats[cams == c] - feats[cams == c].mean(0)
         assert torch.allclose(out[cams == c], torch.nn.functional.normalize(centred, dim=1), atol=1e-6)
+
+
+def test_best_counts_the_untrained_epoch():
+    import time as time_module
+
+    trainer = Trainer.__new__(Trainer)  # only the bookkeeping under test
+    trainer.history, trainer.results, trainer.is_main, trainer._started = [], {}, False, time_module.perf_counter()
+    row = {"mAP": 5.0, "rank1": 1.0, "rank5": 2.0, "rank10": 3.0}
+    trainer._close_epoch({"epoch": 0, **row})
+    trainer._close_epoch({"epoch": 1, **row, "mAP": 3.0})  # training made it worse
+    assert trainer.results["best"]["epoch"] == 0 and trainer.results["best"]["mAP"] == 5.0
