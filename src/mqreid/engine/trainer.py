@@ -36,7 +36,7 @@ from mqreid.models.ghost_bn import convert_ghost_bn
 from . import distributed, pictures
 from .checkpoint import FORMAT_VERSION, load_checkpoint, to_json, write_atomic, write_json_atomic
 from .features import extract_items
-from .validate import ConfigError, resolve_workers, validate_config
+from .validate import ConfigError, batch_layout_problems, resolve_workers, validate_config
 
 log = logging.getLogger("mqreid")
 
@@ -114,20 +114,6 @@ def timed(row: dict[str, Any], step: str) -> Iterator[None]:
         row[f"time_{step}"] = row.get(f"time_{step}", 0.0) + time.perf_counter() - start
 
 
-def check_batch_layout(train_cfg: DictConfig, world_size: int) -> None:
-    """The global batch must split into identity blocks per process, and BN groups must divide it."""
-    if train_cfg.batch_size % (train_cfg.num_instances * world_size):
-        raise ValueError(f"train.batch_size={train_cfg.batch_size} must be a multiple of train.num_instances="
-                         f"{train_cfg.num_instances} x world size {world_size}")
-    per_process = train_cfg.batch_size // world_size
-    if train_cfg.bn_group is not None and (train_cfg.bn_group < 1 or per_process % train_cfg.bn_group):
-        raise ValueError(f"train.bn_group={train_cfg.bn_group} must divide the per-process batch of {per_process} "
-                         f"images (train.batch_size={train_cfg.batch_size} over {world_size} process(es))")
-    if train_cfg.bn_group is not None and train_cfg.sync_bn:
-        raise ValueError("train.bn_group and train.sync_bn=true are exclusive: set train.bn_group=null to "
-                         "normalise over the whole global batch with SyncBatchNorm")
-
-
 class Trainer:
     """Builds every component from ``cfg`` and runs :meth:`fit`; outputs go to ``run_dir`` (rank 0's)."""
 
@@ -137,7 +123,9 @@ class Trainer:
         self.env, self.device = distributed.init_distributed(cfg.device)
         self.run_dir = Path(distributed.shared_run_dir(str(run_dir)))
         self.is_main = self.env.is_main
-        check_batch_layout(cfg.train, self.env.world_size)
+        problems = batch_layout_problems(cfg.train, self.env.world_size)
+        if problems:
+            raise ConfigError("\n".join(problems))
         set_deterministic(bool(cfg.train.deterministic))
         seed_all(cfg.seed)
         self.on_cuda = self.device.type == "cuda"

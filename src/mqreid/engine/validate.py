@@ -151,6 +151,25 @@ def _component_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def batch_layout_problems(train_cfg: DictConfig, world_size: int = 1) -> list[str]:
+    """The global batch must split into whole identity blocks per process, and BN groups must divide each
+    process's share; SyncBatchNorm and BN groups exclude each other."""
+    problems = []
+    processes = f" x {world_size} processes" if world_size > 1 else ""
+    if train_cfg.batch_size % (train_cfg.num_instances * world_size):
+        problems.append(f"train.batch_size={train_cfg.batch_size}: expected a multiple of train.num_instances="
+                        f"{train_cfg.num_instances}{processes} (batches hold whole identity blocks)")
+    per_process = train_cfg.batch_size // world_size
+    if train_cfg.bn_group is not None and per_process % train_cfg.bn_group:
+        problems.append(f"train.bn_group={train_cfg.bn_group}: expected a divisor of the per-process batch of "
+                        f"{per_process} images (train.batch_size={train_cfg.batch_size} over {world_size} "
+                        f"process(es))")
+    if train_cfg.bn_group is not None and train_cfg.sync_bn:
+        problems.append("train.sync_bn=true: expected train.bn_group=null (SyncBatchNorm normalises the whole "
+                        "global batch; ghost BatchNorm fixed groups of images)")
+    return problems
+
+
 def config_problems(cfg: DictConfig) -> list[str]:
     """Every invalid setting of a composed training config, as ``"<setting>=<value>: expected ..."`` lines."""
     problems = []
@@ -159,16 +178,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
         if not ok(value):
             problems.append(f"{key}={value!r}: expected {expected}")
     bad = {p.split("=")[0] for p in problems}
-    train = cfg.train
-    if not bad & {"train.batch_size", "train.num_instances"} and train.batch_size % train.num_instances:
-        problems.append(f"train.batch_size={train.batch_size}: expected a multiple of train.num_instances="
-                        f"{train.num_instances} (batches hold whole identity blocks)")
-    if not bad & {"train.batch_size", "train.bn_group"} and train.bn_group is not None \
-            and train.batch_size % train.bn_group:
-        problems.append(f"train.bn_group={train.bn_group}: expected a divisor of train.batch_size={train.batch_size}")
-    if not bad & {"train.bn_group", "train.sync_bn"} and train.bn_group is not None and train.sync_bn:
-        problems.append("train.sync_bn=true: expected train.bn_group=null (SyncBatchNorm normalises the whole "
-                        "global batch; ghost BatchNorm fixed groups of images)")
+    if not bad & {"train.batch_size", "train.num_instances", "train.bn_group", "train.sync_bn"}:
+        problems += batch_layout_problems(cfg.train)
     resume = cfg.get("resume")
     if resume and not Path(to_absolute_path(str(resume))).exists():
         problems.append(f"resume={resume!r}: expected an existing run directory or last.pt")
