@@ -118,8 +118,7 @@ def run_eps_sweep(checkpoint: str | Path, eps_values: Sequence[float] | None = N
     from omegaconf import OmegaConf
 
     from mqreid.cluster import DBSCANClusterer, camera_centering
-    from mqreid.data.loader import build_test_loader
-    from mqreid.evaluation import extract_features
+    from mqreid.engine.features import extract_items
     from mqreid.inference import ReIDModel
 
     model = ReIDModel.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
@@ -135,12 +134,11 @@ def run_eps_sweep(checkpoint: str | Path, eps_values: Sequence[float] | None = N
     if not items:
         raise ValueError(f"the training set of {config['dataset'].get('name', '?')} under {root} is empty")
 
-    loader = build_test_loader(items, transform=model.transform, batch_size=batch_size, num_workers=num_workers)
     train_cfg, eval_cfg = config.get("train", {}), config.get("eval", {})
-    feats, idx = extract_features(model.network, loader, model.device, flip=bool(eval_cfg.get("flip", False)),
-                                  amp=bool(train_cfg.get("amp", False)), progress=progress, desc="extract train")
-    features = torch.empty_like(feats)
-    features[idx] = feats
+    features = extract_items(model.network, items, model.transform, model.device, batch_size=batch_size,
+                             num_workers=num_workers, flip=bool(eval_cfg.get("flip", False)),
+                             amp=bool(train_cfg.get("amp", False)),
+                             progress=progress, desc="extract train")
     if train_cfg.get("camera_centering", False):
         features = camera_centering(features, torch.tensor([it.camid for it in items]))
     true = np.array([it.pid for it in items]) if dataset.train_labels_known else None

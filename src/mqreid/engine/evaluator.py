@@ -12,8 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from mqreid.data.base import id_arrays
 from mqreid.data.transforms import build_test_transform
 from mqreid.evaluation import evaluate_retrieval
+from mqreid.inference import ReIDModel
 
-from .checkpoint import load_checkpoint, write_json_atomic
+from .checkpoint import write_json_atomic
 from .distributed import resolve_device
 from .features import extract_items
 from .pictures import ranked_lists
@@ -27,19 +28,6 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     lines += [f"| {name} | {r['mAP']:.1f} | {r['rank1']:.1f} | {r['rank5']:.1f} | {r['rank10']:.1f} |"
               for name, r in rows.items()]
     return "\n".join(lines)
-
-
-def build_model_from_checkpoint(state: dict[str, Any]):
-    """The backbone of the checkpoint's stored config with the checkpoint's weights (eval mode)."""
-    train_cfg = OmegaConf.create(state["config"])
-    if "backbone" not in train_cfg or "input" not in train_cfg:
-        raise ValueError(f"{state['path']}: the stored config lacks 'backbone'/'input'; was it written by train.py?")
-    model = instantiate(train_cfg.backbone, pretrained=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise ValueError(f"{state['path']}: the weights do not fit backbone {train_cfg.backbone.arch}: {err}") from err
-    return model.eval(), train_cfg
 
 
 def evaluation_dataset(cfg: DictConfig, train_cfg: DictConfig, checkpoint: str):
@@ -57,10 +45,9 @@ def evaluation_dataset(cfg: DictConfig, train_cfg: DictConfig, checkpoint: str):
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    state = load_checkpoint(to_absolute_path(str(cfg.checkpoint)), map_location=device)
-    model, train_cfg = build_model_from_checkpoint(state)
-    model.to(device)
-    dataset = evaluation_dataset(cfg, train_cfg, state["path"])
+    reid = ReIDModel.from_checkpoint(to_absolute_path(str(cfg.checkpoint)), device=device)
+    model, train_cfg, checkpoint = reid.network, OmegaConf.create(reid.config), reid.path
+    dataset = evaluation_dataset(cfg, train_cfg, checkpoint)
     eval_cfg = cfg.eval
     height, width = eval_cfg.height or train_cfg.input.height, eval_cfg.width or train_cfg.input.width
     transform = build_test_transform(height, width)
@@ -72,15 +59,15 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     rows = evaluate_retrieval(features["query"], features["gallery"], query_pids, gallery_pids, query_cams,
                               gallery_cams, metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1,
                               k2=eval_cfg.k2, lambda_value=eval_cfg.lambda_value, device=device)
-    log.info("%s on %s (%dx%d input)\n%s", state["path"], dataset.name, height, width, format_table(rows))
+    log.info("%s on %s (%dx%d input)\n%s", checkpoint, dataset.name, height, width, format_table(rows))
     out = Path(to_absolute_path(cfg.output)) if cfg.output else \
-        Path(state["path"]).with_name(f"{Path(state['path']).stem}_eval_{dataset.name}.json")
+        Path(checkpoint).with_name(f"{Path(checkpoint).stem}_eval_{dataset.name}.json")
     if eval_cfg.visualize:
         picture = ranked_lists(out.with_suffix(".png"), dataset, features["query"], features["gallery"],
                                eval_cfg.visualize, eval_cfg.metric)
         if picture is not None:
             log.info("wrote %s", picture)
-    result = {"checkpoint": state["path"], "dataset": dataset.name, "input": [height, width], **rows}
+    result = {"checkpoint": checkpoint, "dataset": dataset.name, "input": [height, width], **rows}
     write_json_atomic(out, result)
     log.info("wrote %s", out)
     return result
