@@ -41,7 +41,7 @@ def test_pretrained_from_a_path_and_clear_errors(tmp_path, monkeypatch):
     assert torch.equal(model.trunk[0].weight, ref.trunk[0].weight)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_model("resnet18", pretrained=str(tmp_path / "missing.pth"))
-    with pytest.raises(ValueError, match="small_cnn has no pretrained"):
+    with pytest.raises(ValueError, match="small_cnn has no ImageNet"):
         build_model("small_cnn", pretrained=True)
     with pytest.raises(ValueError, match="valid choices"):
         build_model("vgg")

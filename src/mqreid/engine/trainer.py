@@ -33,7 +33,7 @@ from mqreid.data.transforms import build_test_transform, build_train_transform
 from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn
 
-from . import distributed, pictures
+from . import distributed, pictures, warm_start
 from .checkpoint import FORMAT_VERSION, load_checkpoint, to_json, write_atomic, write_json_atomic
 from .features import extract_items
 from .validate import ConfigError, batch_layout_problems, resolve_workers, validate_config
@@ -173,7 +173,10 @@ class Trainer:
     def _build_model(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """The model, and the module the training step calls (the model itself, or its DDP wrapper)."""
         train_cfg = self.cfg.train
-        model = convert_ghost_bn(instantiate(self.cfg.backbone), train_cfg.bn_group).to(self.device)
+        backbone = self.cfg.backbone
+        if str(backbone.get("pretrained")) == "synthetic":
+            backbone = OmegaConf.merge(backbone, {"pretrained": str(self._warm_start())})
+        model = convert_ghost_bn(instantiate(backbone), train_cfg.bn_group).to(self.device)
         if self.on_cuda and train_cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if not self.env.enabled:
@@ -187,6 +190,14 @@ class Trainer:
         # sync_buffers_ averages them after each epoch, which equals the single-process statistics
         return model, DistributedDataParallel(model, device_ids=[self.device] if self.on_cuda else None,
                                               broadcast_buffers=False)
+
+    def _warm_start(self) -> Path:
+        """The synthetic warm start's weight file, trained on first use by rank 0 while the others wait."""
+        args = (self.cfg.backbone, self.cfg.input.height, self.cfg.input.width, to_absolute_path(self.cfg.data_root))
+        if self.is_main:
+            warm_start.synthetic_weights(*args, progress=self.cfg.progress, device=self.device)
+        distributed.barrier()
+        return warm_start.cache_path(*args)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         opt_cfg = self.cfg.optim.optimizer

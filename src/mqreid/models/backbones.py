@@ -71,10 +71,14 @@ class SmallCNN(nn.Module):
 
 
 def load_pretrained(arch: str, pretrained: bool | str) -> dict[str, torch.Tensor] | None:
-    """ImageNet weights for ``arch``: ``True`` uses torchvision's cache (downloading when online),
-    a path loads that file (safely, ``weights_only=True``), ``False`` returns None."""
+    """Pretrained weights for ``arch``: ``True`` uses torchvision's ImageNet cache (downloading when online),
+    a path loads that file (safely, ``weights_only=True``), ``False`` returns None. (``"synthetic"``, the
+    synthetic warm start, is turned into a path by :mod:`mqreid.engine.warm_start`.)"""
     if pretrained is False or pretrained is None:
         return None
+    if str(pretrained) == "synthetic":
+        raise ValueError("backbone.pretrained=synthetic is resolved to a weight file by the trainer; in Python, pass "
+                         "the path from mqreid.engine.warm_start.synthetic_weights(...)")
     if isinstance(pretrained, (str, os.PathLike)) and str(pretrained).lower() not in ("true", "imagenet"):
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -104,8 +108,16 @@ def build_trunk(arch: str, *, pretrained: bool | str = False, last_stride: int =
         raise ValueError(f"backbone.widths applies to small_cnn only, not to {arch!r}")
     if arch == "small_cnn":
         net = SmallCNN(tuple(widths) if widths is not None else (32, 64, 128, 256))
-        if pretrained:
-            raise ValueError("backbone.pretrained: small_cnn has no pretrained weights; set it to false")
+        if pretrained is True or str(pretrained).lower() in ("true", "imagenet"):
+            raise ValueError("backbone.pretrained: small_cnn has no ImageNet weights; set it to false, to synthetic "
+                             "(the synthetic warm start) or to the path of a small_cnn weight file")
+        state = load_pretrained(arch, pretrained)
+        if state is not None:
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as err:
+                raise RuntimeError(f"backbone.pretrained={pretrained}: not small_cnn weights of widths "
+                                   f"{widths or (32, 64, 128, 256)}: {err}") from err
         return net, net.out_channels
     if arch not in ARCHS:
         raise ValueError(f"backbone.arch={arch!r} is unknown; valid choices: {', '.join(ARCHS)}")

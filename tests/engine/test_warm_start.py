@@ -1,0 +1,73 @@
+"""The synthetic warm start: cached per backbone/input/source, loadable as a trunk, and used by the trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mqreid.engine import warm_start
+from mqreid.engine.trainer import Trainer
+from mqreid.models import build_model, build_trunk
+from mqreid.models.embedding import EmbeddingNet
+
+TINY_SOURCE = warm_start.SourceDomain(num_ids=4, num_cameras=2, steps=3, extra={"images_per_id": (4, 5)})
+SMALL = OmegaConf.create({"_target_": "mqreid.models.build_model", "arch": "small_cnn", "pretrained": False,
+                          "pooling": "gem", "neck": True, "widths": [4, 8]})
+
+
+def test_cache_path_names_everything_that_shapes_the_weights(tmp_path):
+    base = warm_start.cache_path(SMALL, 64, 32, tmp_path, TINY_SOURCE)
+    assert base.parent == tmp_path / "pretrained" and base.name.startswith("synthetic_small_cnn_64x32_")
+    assert warm_start.cache_path(OmegaConf.merge(SMALL, {"pretrained": "synthetic"}), 64, 32, tmp_path,
+                                 TINY_SOURCE) == base  # the pretrained flag itself is not part of the key
+    others = {warm_start.cache_path(OmegaConf.merge(SMALL, {"widths": [4, 16]}), 64, 32, tmp_path, TINY_SOURCE),
+              warm_start.cache_path(SMALL, 32, 16, tmp_path, TINY_SOURCE),
+              warm_start.cache_path(SMALL, 64, 32, tmp_path, warm_start.SourceDomain(num_ids=5, num_cameras=2)),
+              warm_start.cache_path(SMALL, 64, 32, tmp_path)}
+    assert base not in others and len(others) == 4
+
+
+def test_pretraining_learns_keeps_the_global_rng_and_loads_as_a_trunk(tmp_path):
+    fresh = build_model("small_cnn", widths=[4, 8]).trunk.state_dict()
+    rng = torch.random.get_rng_state()
+    state = warm_start.pretrain(SMALL, 32, 16, tmp_path, source=TINY_SOURCE, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert state.keys() == fresh.keys()
+    assert any(not torch.equal(state[k], fresh[k]) for k in state if k.endswith("weight"))  # it trained
+    again = warm_start.pretrain(SMALL, 32, 16, tmp_path, source=TINY_SOURCE, progress=False)
+    assert all(torch.equal(state[k], again[k]) for k in state)  # deterministic
+    torch.save(state, tmp_path / "w.pth")
+    model = build_model("small_cnn", widths=[4, 8], pretrained=str(tmp_path / "w.pth"))
+    assert all(torch.equal(model.trunk.state_dict()[k], state[k]) for k in state)
+    with pytest.raises(RuntimeError, match="not small_cnn weights of widths"):
+        build_model("small_cnn", widths=[4, 16], pretrained=str(tmp_path / "w.pth"))
+    with pytest.raises(ValueError, match="resolved to a weight file by the trainer"):
+        build_model("small_cnn", pretrained="synthetic")
+
+
+def test_resnet_trunks_are_saved_under_torchvision_names(tmp_path):
+    trunk, channels = build_trunk("resnet18")
+    state = warm_start._trunk_state(EmbeddingNet(trunk, channels), "resnet18")
+    assert "layer4.1.bn2.running_var" in state and "conv1.weight" in state
+    torch.save(state, tmp_path / "r.pth")
+    loaded, _ = build_trunk("resnet18", pretrained=str(tmp_path / "r.pth"))  # no missing tensors
+    assert torch.equal(loaded[0].weight, trunk[0].weight)
+
+
+def test_the_trainer_trains_the_warm_start_once_and_reuses_it(tiny_cfg, data_root, monkeypatch):
+    monkeypatch.setattr(warm_start, "SOURCE", TINY_SOURCE)
+    calls = []
+    real = warm_start.pretrain
+    monkeypatch.setattr(warm_start, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = tiny_cfg("backbone.pretrained=synthetic", "+backbone.widths=[4,8]", "input.height=32", "input.width=16")
+    first = Trainer(cfg, cfg.run_dir)
+    path = warm_start.cache_path(cfg.backbone, 32, 16, data_root)
+    assert path.is_file() and len(calls) == 1
+    stored = torch.load(path, weights_only=True)
+    assert all(torch.equal(first.model.trunk.state_dict()[k], v) for k, v in stored.items())
+    second = Trainer(cfg, cfg.run_dir)
+    assert len(calls) == 1  # reused from the cache
+    # the same run either way: every weight (the pooling and neck start fresh) and the random state match
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
+                                                  second.model.state_dict().values()))
