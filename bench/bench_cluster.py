@@ -3,7 +3,7 @@
 Each configuration runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
 Features are synthetic and seeded: identity centres plus per-identity noise, L2-normalised.
 
-    python bench/bench_cluster.py --n 31068 --dim 2048
+    python bench/bench_cluster.py --n 31068 --dim 2048 --repeat 3
     python bench/bench_cluster.py --n 12936 --dim 2048 --infomap
     python bench/bench_cluster.py --n 200000 --dim 128 --no-gemm
 """
@@ -88,11 +88,15 @@ def run_config(args, config: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--config", config, "--n", str(args.n), "--dim", str(args.dim),
            "--ids", str(args.ids), "--seed", str(args.seed), "--k1", str(args.k1), "--eps", str(args.eps),
            "--knn", args.knn, "--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if res.returncode:
         sys.stderr.write(res.stderr)
         raise SystemExit(f"configuration {config} failed")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return fmt.format(row[key]) if key in row else "-"
 
 
 def main() -> None:
@@ -105,6 +109,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.6)
     p.add_argument("--knn", default="torch", choices=["auto", "faiss", "torch"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1, help="runs of every configuration; the median x GEMM is reported")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM floor (large N, small D)")
     p.add_argument("--torch-gemm", action="store_true", help="also time torch's CPU matmul")
     p.add_argument("--infomap", action="store_true", help="also time Infomap")
@@ -116,21 +121,27 @@ def main() -> None:
         return
     configs = ([] if args.no_gemm else ["gemm_numpy"] + (["gemm_torch"] if args.torch_gemm else []))
     configs += ["dbscan"] + (["infomap"] if args.infomap else [])
-    rows = [run_config(args, c) for c in configs]
-    floor = next((r["time_s"] for r in rows if r["config"] == "gemm_numpy"), None)
     print(f"\nN={args.n} D={args.dim} ids={args.ids or args.n // 30} k1={args.k1} eps={args.eps} "
           f"knn={args.knn} threads={args.threads}\n")
-    print("| configuration | time (s) | x GEMM | peak RSS (GB) | clusters | outliers | ARI | notes |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ratio = f"{r['time_s'] / floor:.2f}" if floor else "-"
-        notes = ""
-        if r["config"] == "dbscan":
-            notes = f"jaccard {r['jaccard_s']:.1f}s + dbscan {r['dbscan_s']:.1f}s, {r['nnz_per_row']:.0f} pairs/row"
-        cl = lambda key, fmt: fmt.format(r[key]) if key in r else "-"  # noqa: E731
-        print(f"| {r['config']} | {r['time_s']:.1f} | {ratio} | {r['peak_gb']:.2f} | {cl('clusters', '{}')} | "
-              f"{cl('outliers', '{:.1%}')} | {cl('ari', '{:.3f}')} | {notes} |")
-
+    print("| run | configuration | time (s) | x GEMM | peak RSS (GB) | clusters | outliers | ARI | notes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    ratios = {}
+    for run in range(1, args.repeat + 1):  # GEMM and clustering alternate, so both see similar load
+        rows = [run_config(args, c) for c in configs]
+        floor = next((r["time_s"] for r in rows if r["config"] == "gemm_numpy"), None)
+        for r in rows:
+            ratio = f"{r['time_s'] / floor:.2f}" if floor else "-"
+            if floor:
+                ratios.setdefault(r["config"], []).append(r["time_s"] / floor)
+            notes = ""
+            if r["config"] == "dbscan":
+                notes = f"jaccard {r['jaccard_s']:.1f}s + dbscan {r['dbscan_s']:.1f}s, {r['nnz_per_row']:.0f} pairs/row"
+            print(f"| {run} | {r['config']} | {r['time_s']:.1f} | {ratio} | {r['peak_gb']:.2f} | {_cell(r, 'clusters', '{}')} | "
+                  f"{_cell(r, 'outliers', '{:.1%}')} | {_cell(r, 'ari', '{:.3f}')} | {notes} |", flush=True)
+    for config, values in ratios.items():
+        if config != "gemm_numpy":
+            print(f"\n{config}: median x GEMM over {len(values)} run(s) = {np.median(values):.2f} "
+                  f"({', '.join(f'{v:.2f}' for v in values)})")
 
 if __name__ == "__main__":
     main()

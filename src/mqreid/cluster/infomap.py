@@ -52,7 +52,7 @@ class InfomapClusterer:
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
 
-    def fit(self, features) -> "InfomapClusterer":
+    def fit(self, features) -> InfomapClusterer:
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""
         self._validate()
         start = time.perf_counter()

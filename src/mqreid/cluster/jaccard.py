@@ -105,13 +105,24 @@ def _pair_similarities(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray,
     found = knn_keys[pos] == keys
     out = np.where(found, knn_sims[pos], 0.0).astype(np.float64)
     missing = np.flatnonzero(~found)
-    step = max(1, (1 << 24) // x.shape[1])  # ~64 MB per gathered chunk
-    with torch.no_grad():
-        for a in range(0, len(missing), step):
-            m = missing[a:a + step]
-            r = torch.as_tensor(rows[m], device=x.device)
-            c = torch.as_tensor(cols[m], device=x.device)
-            out[m] = (x[r] * x[c]).sum(1).cpu().numpy()
+    out[missing] = _pair_dots(x, rows[missing], cols[missing])
+    return out
+
+
+def _pair_dots(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``x[rows[e]] . x[cols[e]]`` for every e, gathered in ~8 MB chunks that stay in cache (on
+    CPU, numpy's einsum on such chunks was 8x faster than torch or than 64 MB chunks)."""
+    out = np.empty(len(rows))
+    step = max(1, (1 << 21) // x.shape[1])
+    xn = x.numpy() if x.device.type == "cpu" else None
+    for a in range(0, len(rows), step):
+        r, c = rows[a:a + step], cols[a:a + step]
+        if xn is not None:
+            out[a:a + step] = np.einsum("ij,ij->i", xn[r], xn[c])
+        else:
+            with torch.no_grad():
+                r, c = torch.as_tensor(r, device=x.device), torch.as_tensor(c, device=x.device)
+                out[a:a + step] = (x[r] * x[c]).sum(1).cpu().numpy()
     return out
 
 
