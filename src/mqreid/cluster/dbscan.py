@@ -56,11 +56,12 @@ class DBSCANClusterer:
         eps: neighbourhood radius on the Jaccard distance, in (0, 1) (original ``--eps``, 0.6).
         min_samples: points within ``eps`` (itself included) that make a core point.
         k1, k2: Jaccard reciprocal-set and query-expansion sizes (original ``--k1 30 --k2 6``).
-        knn: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+        knn: kNN backend, ``"auto"``, ``"torch"``, ``"faiss"`` or ``"approx"`` (see
+            :mod:`mqreid.cluster.knn`).
 
     After :meth:`fit` (features) or :meth:`fit_graph` (a precomputed Jaccard graph from
     :func:`mqreid.cluster.jaccard_distance`), ``labels_`` [N] int64 holds 0..C-1, -1 = outlier,
-    and ``graph_`` the Jaccard graph used.
+    and ``graph_`` the Jaccard graph used (after :meth:`fit`, only its pairs within ``eps``).
     """
 
     def __init__(self, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6, knn: str = "auto"):
@@ -78,7 +79,7 @@ class DBSCANClusterer:
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""
         self._validate()
         start = time.perf_counter()
-        graph = jaccard_distance(features, self.k1, self.k2, knn=self.knn)
+        graph = jaccard_distance(features, self.k1, self.k2, knn=self.knn, max_distance=self.eps)
         return self._fit(graph, start)
 
     def fit_graph(self, graph: sp.spmatrix) -> DBSCANClusterer:

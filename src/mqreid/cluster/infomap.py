@@ -30,7 +30,7 @@ class InfomapClusterer:
         min_sim: smallest similarity that makes a link (original ``--eps 0.5``).
         min_cluster_size: smaller modules become outliers (original ``--k2 4``: sizes <= 4 are
             outliers, i.e. 5).
-        knn: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+        knn: kNN backend, ``"auto"``, ``"torch"``, ``"faiss"`` or ``"approx"`` (see :mod:`mqreid.cluster.knn`).
         seed: random seed >= 0 (passed to Infomap as ``seed + 1``; its seeds start at 1).
             Results are deterministic for a seed.
 

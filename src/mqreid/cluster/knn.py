@@ -1,15 +1,29 @@
-"""Exact inner-product k-nearest-neighbour search (faiss or blocked GEMM + top-k).
+"""Inner-product k-nearest-neighbour search: exact (blocked GEMM + top-k, or faiss) or approximate.
 
-Tie order (identical on every backend): neighbours are sorted by decreasing similarity; among
-equal similarities the point itself comes first (self-search only), then the lower index. Each
-backend first keeps the ``k + 1`` best candidates per row; a row whose k-th and (k+1)-th
+Backends (``knn=`` of the clusterers):
+
+- ``torch``: exact; blocked GEMM over the upper triangle of the symmetric similarity matrix (numpy
+  BLAS on CPU, full-width panels + top-k on an accelerator).
+- ``faiss``: exact; faiss ``IndexFlatIP`` (computes all N x N similarities; a GPU index for CUDA
+  features when faiss has GPU support).
+- ``approx``: approximate, for N beyond exact reach (needs faiss): an inverted-file partition by
+  faiss k-means, searched cell by cell with one GEMM per cell (:func:`_approx_candidates`).
+- ``auto``: ``torch`` up to :data:`AUTO_APPROX_ABOVE` points (measured faster than ``faiss``,
+  which computes both triangles); above it ``approx`` when faiss imports, else ``torch`` with a
+  warning giving the expected time.
+
+Tie order (identical on the exact backends): neighbours are sorted by decreasing similarity;
+among equal similarities the point itself comes first (self-search only), then the lower index.
+Each backend first keeps the ``k + 1`` best candidates per row; a row whose k-th and (k+1)-th
 similarities are equal (a tie across the cut, e.g. duplicate features) is recomputed exactly
-against every base point, so which of several tied points are kept never depends on the backend.
+against every base point, so which of several tied points are kept never depends on the backend
+(``approx`` sorts the same way but does not recompute ties).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Literal
 
 import numpy as np
@@ -17,31 +31,51 @@ import torch
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "faiss", "torch"]
-BACKENDS = ("auto", "faiss", "torch")
+Backend = Literal["auto", "faiss", "torch", "approx"]
+BACKENDS = ("auto", "faiss", "torch", "approx")
 _NORM_TOL = 1e-3
+# Largest N that ``auto`` searches exactly: the exact kNN costs N^2 * D multiply-adds (upper
+# triangle), ~4 min at 100k x 2048 on the 2-core development CPU and growing quadratically.
+AUTO_APPROX_ABOVE = 100_000
+_EXACT_FLOPS = 1e11  # multiply-adds per second assumed for the expected time in the warning
+# approx: cells = CELLS_PER_SQRT_N * sqrt(N) k-means cells (faiss's guideline is 4-16 sqrt(N));
+# each cell is searched in its PROBE_CELLS nearest cells (itself included).
+CELLS_PER_SQRT_N = 4
+PROBE_CELLS = 16
+_CHUNK = 1 << 16  # rows converted to float32 at a time when features are float16
 
 
-def as_unit_features(features: torch.Tensor | np.ndarray, name: str = "features") -> torch.Tensor:
+def as_unit_features(features: torch.Tensor | np.ndarray, name: str = "features",
+                     keep_half: bool = False) -> torch.Tensor:
     """Validate ``features`` [N, D] and return them as a float32 tensor with unit-norm rows.
 
     The device of a tensor input is kept. Rows whose norm differs from 1 by more than 1e-3 are
     L2-normalised (logged once). Raises ``ValueError`` naming ``name`` for a wrong shape,
-    NaN/inf values, or an all-zero row (which has no direction).
+    NaN/inf values, or an all-zero row (which has no direction). With ``keep_half``, float16
+    features (e.g. a memory-mapped array) stay float16 and are checked in chunks, so a million
+    2048-d features never exist as float32 at once.
     """
     x = torch.as_tensor(features)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name}: expected a non-empty [N, D] array, got shape {tuple(x.shape)}")
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name}: expected a float array, got dtype {x.dtype}")
-    x = x.float()
-    norms = x.norm(dim=1)  # finite norms imply finite entries: one pass instead of two
-    if not bool(torch.isfinite(norms).all()) and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or inf values")
+    if keep_half and x.dtype == torch.float16:
+        norms = torch.cat([x[s:s + _CHUNK].float().norm(dim=1) for s in range(0, len(x), _CHUNK)])
+    else:
+        x = x.float()
+        norms = x.norm(dim=1)
+    if not bool(torch.isfinite(norms).all()):  # finite norms imply finite entries: one pass, not two
+        if not all(bool(torch.isfinite(x[s:s + _CHUNK]).all()) for s in range(0, len(x), _CHUNK)):
+            raise ValueError(f"{name}: contains NaN or inf values")
+        norms = torch.cat([x[s:s + _CHUNK].double().norm(dim=1).float() for s in range(0, len(x), _CHUNK)])
     if bool((norms == 0).any()):
         raise ValueError(f"{name}: row {int(torch.nonzero(norms == 0)[0])} is all zeros; cannot normalise")
     if bool(((norms - 1).abs() > _NORM_TOL).any()):
         log.info("%s are not L2-normalised; normalising rows", name)
+        if x.dtype == torch.float16:
+            return torch.cat([(x[s:s + _CHUNK].float() / norms[s:s + _CHUNK, None]).half()
+                              for s in range(0, len(x), _CHUNK)])
         x = x / norms[:, None]
     return x.contiguous()
 
@@ -65,15 +99,26 @@ def check_params(owner: object, positive_ints: tuple[str, ...]) -> None:
         raise ValueError(f"knn: expected one of {BACKENDS}, got {owner.knn!r}")
 
 
-def resolve_backend(backend: str) -> str:
-    """Map ``auto`` to ``faiss`` when faiss imports, else ``torch``; validate the name."""
+def resolve_backend(backend: str, n: int = 0, dim: int = 0) -> str:
+    """The backend that searches ``n`` points of dimension ``dim``: validates the name and maps
+    ``auto`` (logged) to ``torch``, or above :data:`AUTO_APPROX_ABOVE` points to ``approx``."""
     if backend not in BACKENDS:
         raise ValueError(f"knn backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        backend = "faiss" if _faiss_available() else "torch"
-        log.info("kNN backend: %s (auto%s)", backend, "" if backend == "faiss" else ", faiss not importable")
-    elif backend == "faiss" and not _faiss_available():
-        raise ValueError("knn backend 'faiss' requested but faiss is not installed (pip install faiss-cpu)")
+        if n <= AUTO_APPROX_ABOVE:
+            backend = "torch"
+            log.info("kNN backend: torch (auto, exact)")
+        elif _faiss_available():
+            backend = "approx"
+            log.info("kNN backend: approx (auto: %d points > %d)", n, AUTO_APPROX_ABOVE)
+        else:
+            backend = "torch"
+            log.warning("kNN backend: torch, exact, for %d points (auto: above %d it would be approx, but faiss "
+                        "is not installed: pip install faiss-cpu); expect roughly %.0f min", n, AUTO_APPROX_ABOVE,
+                        n * n * dim / _EXACT_FLOPS / 60)
+    elif backend in ("faiss", "approx") and not _faiss_available():
+        raise ValueError(f"knn={backend!r} needs faiss, which is not installed (pip install faiss-cpu, or the "
+                         f"mqreid[faiss] extra); knn=torch searches exactly without it")
     return backend
 
 
@@ -182,6 +227,52 @@ def _faiss_candidates(x: torch.Tensor, base: torch.Tensor | None, m: int):
     return torch.from_numpy(sims), torch.from_numpy(idx.astype(np.int64))
 
 
+def _approx_candidates(x: torch.Tensor, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate ``m`` most similar points of each row of ``x`` (self-search), by cells.
+
+    An inverted file: faiss k-means (spherical, inner product) splits the points into
+    ``CELLS_PER_SQRT_N * sqrt(N)`` cells; every cell is searched in its ``PROBE_CELLS`` nearest
+    cells (by centroid similarity, itself included) with one exact GEMM per cell. Probing per cell
+    rather than per query (faiss's ``IndexIVFFlat``) turns the search into BLAS GEMMs: at
+    100k x 2048, faiss's per-query scan of 8 cells took ~60 s, memory-bound; HNSW was not used
+    because building its graph at D = 2048 costs thousands of non-BLAS distances per point.
+    Similarities of the found neighbours are exact. Works on float16 features (converted per
+    cell), so memory is the features plus one cell's candidates. Rows whose probed cells hold
+    fewer than ``m`` points (tiny N) are searched against all points.
+    """
+    import faiss
+
+    xn = x.detach().cpu().numpy()  # numpy gathers rows ~10x faster than torch indexing on CPU
+    n, d = xn.shape
+    f32 = lambda a: np.ascontiguousarray(a, np.float32)
+    cells = max(1, min(int(CELLS_PER_SQRT_N * math.sqrt(n)), n // max(39, m)))  # faiss wants >= 39 per centroid
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(n, 39 * cells), replace=False))
+    kmeans = faiss.Kmeans(d, cells, niter=10, spherical=True, seed=seed)
+    kmeans.train(f32(xn[sample]))
+    cell = np.concatenate([kmeans.index.search(f32(xn[s:s + _CHUNK]), 1)[1][:, 0]
+                           for s in range(0, n, _CHUNK)])
+    centroid_sims = kmeans.centroids @ kmeans.centroids.T
+    np.fill_diagonal(centroid_sims, np.inf)  # a cell always probes itself
+    probes = min(PROBE_CELLS, cells)
+    probe = np.argpartition(-centroid_sims, probes - 1, axis=1)[:, :probes]
+    order = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[order], np.arange(cells + 1))
+    members = [order[bounds[c]:bounds[c + 1]] for c in range(cells)]
+    sims = np.empty((n, m), np.float32)
+    idx = np.empty((n, m), np.int64)
+    for c in range(cells):
+        if len(members[c]) == 0:
+            continue
+        base = np.sort(np.concatenate([members[p] for p in probe[c]]))
+        if len(base) < m:
+            base = np.arange(n)
+        # faiss.knn: GEMM + top-k in faiss (numpy's BLAS was 4-8x slower once faiss's OpenMP ran)
+        v, i = faiss.knn(f32(xn[members[c]]), f32(xn[base]), m, metric=faiss.METRIC_INNER_PRODUCT)
+        sims[members[c]], idx[members[c]] = v, base[i]
+    return sims, idx
+
+
 def _sort_rows(sims: np.ndarray, idx: np.ndarray, self_search: bool) -> np.ndarray:
     """Row-wise order: decreasing similarity, then self first (self-search), then lower index."""
     n = sims.shape[0]
@@ -214,7 +305,7 @@ def knn_search(
     exclude_self: bool = False,
     block_size: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product kNN.
+    """Inner-product kNN (exact unless the backend is, or ``auto`` resolves to, ``approx``).
 
     Args:
         features: [N, D] query features (L2-normalised by :func:`as_unit_features` if needed);
@@ -222,8 +313,10 @@ def knn_search(
         k: neighbours per row; clamped to the number of base points (minus one with
             ``exclude_self``).
         base: [M, D] points to search in; ``None`` searches ``features`` in itself.
-        backend: ``"faiss"`` (IndexFlatIP), ``"torch"`` (blocked exact GEMM + top-k; numpy BLAS on
-            CPU) or ``"auto"`` (faiss when importable, else torch; the choice is logged).
+        backend: ``"torch"`` (exact, blocked GEMM + top-k; numpy BLAS on CPU), ``"faiss"``
+            (exact, IndexFlatIP), ``"approx"`` (faiss k-means cells, self-search only; float16
+            features stay float16) or ``"auto"`` (torch up to ``AUTO_APPROX_ABOVE`` points, then
+            approx when faiss imports; the choice is logged). See the module docstring.
         exclude_self: self-search only: drop each point from its own list.
         block_size: rows per GEMM block of the torch backend.
 
@@ -235,7 +328,11 @@ def knn_search(
         raise ValueError(f"k: expected a positive integer, got {k!r}")
     if exclude_self and base is not None:
         raise ValueError("exclude_self: only valid for self-search (base=None)")
-    x = as_unit_features(features)
+    shape = tuple(getattr(features, "shape", ()))
+    backend = resolve_backend(backend, shape[0] if shape else 0, shape[1] if len(shape) == 2 else 0)
+    if backend == "approx" and base is not None:
+        raise ValueError("knn='approx': only self-search (base=None) is supported")
+    x = as_unit_features(features, keep_half=backend == "approx")
     y = None if base is None else as_unit_features(base, "base").to(x.device)
     if y is not None and y.shape[1] != x.shape[1]:
         raise ValueError(f"base: expected dimension {x.shape[1]}, got {y.shape[1]}")
@@ -247,7 +344,9 @@ def knn_search(
         return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
     want = k + int(exclude_self)  # self is removed afterwards
     m = min(want + 1, n_base)  # one extra to detect a tie across the cut
-    if resolve_backend(backend) == "faiss":
+    if backend == "approx":
+        sims, idx = _approx_candidates(x, m)
+    elif backend == "faiss":
         sims, idx = _faiss_candidates(x, y, m)
     else:
         with torch.no_grad():
@@ -258,7 +357,7 @@ def knn_search(
     sims, idx = torch.as_tensor(sims).cpu().numpy().astype(np.float32), torch.as_tensor(idx).cpu().numpy()
     order = _sort_rows(sims, idx, self_search)
     sims, idx = np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
-    if m > want:
+    if m > want and backend != "approx":
         tied = np.flatnonzero(sims[:, want - 1] == sims[:, want])
         if len(tied):
             ts, ti = _exact_rows(x, x if y is None else y, tied, want, self_search)
