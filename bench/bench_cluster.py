@@ -20,12 +20,15 @@ import time
 import numpy as np
 
 
-def synthetic_features(n: int, dim: int, ids: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_features(n: int, dim: int, ids: int, seed: int = 0,
+                       out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[n, dim] float32 unit rows and their identity labels [n].
 
     Identity centres come in groups of ~10 similar ones (spread 0.45 around a group centre) and
     samples add isotropic noise of scale 1.0-1.6 per identity, so neighbouring identities are
     confused about as much as early-epoch re-ID features (DBSCAN at eps 0.6: ARI ~0.8).
+    Rows are drawn in chunks and written into ``out`` when given (e.g. a float16 memmap: 1M x 2048
+    then needs 4 GB of disk and little memory); the values do not depend on the chunking.
     """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, ids, n)
@@ -33,10 +36,13 @@ def synthetic_features(n: int, dim: int, ids: int, seed: int = 0) -> tuple[np.nd
     centres = groups[rng.integers(0, len(groups), ids)]
     centres += 0.45 * rng.standard_normal((ids, dim), dtype=np.float32)
     noise = rng.uniform(1.0, 1.6, ids).astype(np.float32) * np.sqrt(1 + 0.45**2, dtype=np.float32)
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    x *= noise[labels, None]
-    x += centres[labels]
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.empty((n, dim), np.float32) if out is None else out
+    for s in range(0, n, 1 << 15):
+        chunk = rng.standard_normal((min(1 << 15, n - s), dim), dtype=np.float32)
+        chunk *= noise[labels[s:s + len(chunk)], None]
+        chunk += centres[labels[s:s + len(chunk)]]
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+        x[s:s + len(chunk)] = chunk
     return x, labels
 
 
@@ -107,7 +113,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k1", type=int, default=30)
     p.add_argument("--eps", type=float, default=0.6)
-    p.add_argument("--knn", default="torch", choices=["auto", "faiss", "torch"])
+    p.add_argument("--knn", default="torch", choices=["auto", "faiss", "torch", "approx"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=1, help="runs of every configuration; the median x GEMM is reported")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM floor (large N, small D)")
