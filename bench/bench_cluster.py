@@ -3,7 +3,7 @@
 Each configuration runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
 Features are synthetic and seeded: identity centres plus per-identity noise, L2-normalised.
 
-    python bench/bench_cluster.py --n 31068 --dim 2048
+    python bench/bench_cluster.py --n 31068 --dim 2048 --repeat 3
     python bench/bench_cluster.py --n 12936 --dim 2048 --infomap
     python bench/bench_cluster.py --n 200000 --dim 128 --no-gemm
 """
@@ -20,12 +20,15 @@ import time
 import numpy as np
 
 
-def synthetic_features(n: int, dim: int, ids: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_features(n: int, dim: int, ids: int, seed: int = 0,
+                       out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """[n, dim] float32 unit rows and their identity labels [n].
 
     Identity centres come in groups of ~10 similar ones (spread 0.45 around a group centre) and
     samples add isotropic noise of scale 1.0-1.6 per identity, so neighbouring identities are
     confused about as much as early-epoch re-ID features (DBSCAN at eps 0.6: ARI ~0.8).
+    Rows are drawn in chunks and written into ``out`` when given (e.g. a float16 memmap: 1M x 2048
+    then needs 4 GB of disk and little memory); the values do not depend on the chunking.
     """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, ids, n)
@@ -33,10 +36,13 @@ def synthetic_features(n: int, dim: int, ids: int, seed: int = 0) -> tuple[np.nd
     centres = groups[rng.integers(0, len(groups), ids)]
     centres += 0.45 * rng.standard_normal((ids, dim), dtype=np.float32)
     noise = rng.uniform(1.0, 1.6, ids).astype(np.float32) * np.sqrt(1 + 0.45**2, dtype=np.float32)
-    x = rng.standard_normal((n, dim), dtype=np.float32)
-    x *= noise[labels, None]
-    x += centres[labels]
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.empty((n, dim), np.float32) if out is None else out
+    for s in range(0, n, 1 << 15):
+        chunk = rng.standard_normal((min(1 << 15, n - s), dim), dtype=np.float32)
+        chunk *= noise[labels[s:s + len(chunk)], None]
+        chunk += centres[labels[s:s + len(chunk)]]
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+        x[s:s + len(chunk)] = chunk
     return x, labels
 
 
@@ -88,11 +94,15 @@ def run_config(args, config: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--config", config, "--n", str(args.n), "--dim", str(args.dim),
            "--ids", str(args.ids), "--seed", str(args.seed), "--k1", str(args.k1), "--eps", str(args.eps),
            "--knn", args.knn, "--threads", str(args.threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if res.returncode:
         sys.stderr.write(res.stderr)
         raise SystemExit(f"configuration {config} failed")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return fmt.format(row[key]) if key in row else "-"
 
 
 def main() -> None:
@@ -103,8 +113,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k1", type=int, default=30)
     p.add_argument("--eps", type=float, default=0.6)
-    p.add_argument("--knn", default="torch", choices=["auto", "faiss", "torch"])
+    p.add_argument("--knn", default="torch", choices=["auto", "faiss", "torch", "approx"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1, help="runs of every configuration; the median x GEMM is reported")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMM floor (large N, small D)")
     p.add_argument("--torch-gemm", action="store_true", help="also time torch's CPU matmul")
     p.add_argument("--infomap", action="store_true", help="also time Infomap")
@@ -116,21 +127,27 @@ def main() -> None:
         return
     configs = ([] if args.no_gemm else ["gemm_numpy"] + (["gemm_torch"] if args.torch_gemm else []))
     configs += ["dbscan"] + (["infomap"] if args.infomap else [])
-    rows = [run_config(args, c) for c in configs]
-    floor = next((r["time_s"] for r in rows if r["config"] == "gemm_numpy"), None)
     print(f"\nN={args.n} D={args.dim} ids={args.ids or args.n // 30} k1={args.k1} eps={args.eps} "
           f"knn={args.knn} threads={args.threads}\n")
-    print("| configuration | time (s) | x GEMM | peak RSS (GB) | clusters | outliers | ARI | notes |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ratio = f"{r['time_s'] / floor:.2f}" if floor else "-"
-        notes = ""
-        if r["config"] == "dbscan":
-            notes = f"jaccard {r['jaccard_s']:.1f}s + dbscan {r['dbscan_s']:.1f}s, {r['nnz_per_row']:.0f} pairs/row"
-        cl = lambda key, fmt: fmt.format(r[key]) if key in r else "-"  # noqa: E731
-        print(f"| {r['config']} | {r['time_s']:.1f} | {ratio} | {r['peak_gb']:.2f} | {cl('clusters', '{}')} | "
-              f"{cl('outliers', '{:.1%}')} | {cl('ari', '{:.3f}')} | {notes} |")
-
+    print("| run | configuration | time (s) | x GEMM | peak RSS (GB) | clusters | outliers | ARI | notes |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    ratios = {}
+    for run in range(1, args.repeat + 1):  # GEMM and clustering alternate, so both see similar load
+        rows = [run_config(args, c) for c in configs]
+        floor = next((r["time_s"] for r in rows if r["config"] == "gemm_numpy"), None)
+        for r in rows:
+            ratio = f"{r['time_s'] / floor:.2f}" if floor else "-"
+            if floor:
+                ratios.setdefault(r["config"], []).append(r["time_s"] / floor)
+            notes = ""
+            if r["config"] == "dbscan":
+                notes = f"jaccard {r['jaccard_s']:.1f}s + dbscan {r['dbscan_s']:.1f}s, {r['nnz_per_row']:.0f} pairs/row"
+            print(f"| {run} | {r['config']} | {r['time_s']:.1f} | {ratio} | {r['peak_gb']:.2f} | {_cell(r, 'clusters', '{}')} | "
+                  f"{_cell(r, 'outliers', '{:.1%}')} | {_cell(r, 'ari', '{:.3f}')} | {notes} |", flush=True)
+    for config, values in ratios.items():
+        if config != "gemm_numpy":
+            print(f"\n{config}: median x GEMM over {len(values)} run(s) = {np.median(values):.2f} "
+                  f"({', '.join(f'{v:.2f}' for v in values)})")
 
 if __name__ == "__main__":
     main()

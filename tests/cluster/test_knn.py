@@ -49,7 +49,7 @@ def test_query_against_base(backend):
 
 def test_exclude_self():
     x = unit(30)
-    sims, idx = knn_search(x, 4, exclude_self=True, backend="torch")
+    _, idx = knn_search(x, 4, exclude_self=True, backend="torch")
     assert not (idx == np.arange(30)[:, None]).any()
     assert np.array_equal(idx, brute_force(x, x, 5, True)[:, 1:])
 
@@ -67,7 +67,7 @@ def test_ties_self_first_then_lower_index(backend):
 
 def test_k_clamped_and_cuda_agnostic_tensor_input():
     x = torch.from_numpy(unit(5))
-    sims, idx = knn_search(x, 50, backend="torch")
+    _, idx = knn_search(x, 50, backend="torch")
     assert idx.shape == (5, 5)
     _, idx = knn_search(x, 50, exclude_self=True, backend="torch")
     assert idx.shape == (5, 4)
@@ -84,7 +84,7 @@ def test_auto_falls_back_without_faiss(monkeypatch, caplog):
     monkeypatch.setattr(builtins, "__import__", no_faiss)
     with caplog.at_level(logging.INFO, logger="mqreid.cluster.knn"):
         assert resolve_backend("auto") == "torch"
-        sims, idx = knn_search(unit(20), 3)
+        _, idx = knn_search(unit(20), 3)
     assert "torch" in caplog.text and idx.shape == (20, 3)
     with pytest.raises(ValueError, match="faiss"):
         knn_search(unit(20), 3, backend="faiss")

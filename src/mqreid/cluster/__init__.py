@@ -13,4 +13,4 @@ from mqreid.cluster.infomap import InfomapClusterer
 from mqreid.cluster.jaccard import jaccard_distance
 from mqreid.cluster.knn import knn_search
 
-__all__ = ["DBSCANClusterer", "camera_centering", "InfomapClusterer", "dbscan_eps_sweep", "jaccard_distance", "knn_search"]
+__all__ = ["DBSCANClusterer", "InfomapClusterer", "camera_centering", "dbscan_eps_sweep", "jaccard_distance", "knn_search"]

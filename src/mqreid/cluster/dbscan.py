@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +38,14 @@ def dbscan_on_graph(graph: sp.csr_matrix, eps: float, min_samples: int) -> np.nd
     matrix filled with 1 for every ``eps < 1``. scikit-learn always counts a point as its own
     neighbour on sparse input (the graph also stores 0 on its diagonal).
     """
+    # Only pairs within eps are neighbours: drop the others, then sort each row by distance as
+    # scikit-learn wants (it would otherwise sort row by row in Python).
+    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
+    near = graph.data <= eps
+    rows, dist, cols = rows[near], graph.data[near], graph.indices[near]
+    order = np.lexsort((dist, rows))  # stable: equal distances keep the column order
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=graph.shape[0]))])
+    graph = sp.csr_matrix((dist[order], cols[order], indptr), shape=graph.shape)
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph).astype(np.int64)
 
 
@@ -48,11 +56,12 @@ class DBSCANClusterer:
         eps: neighbourhood radius on the Jaccard distance, in (0, 1) (original ``--eps``, 0.6).
         min_samples: points within ``eps`` (itself included) that make a core point.
         k1, k2: Jaccard reciprocal-set and query-expansion sizes (original ``--k1 30 --k2 6``).
-        knn: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+        knn: kNN backend, ``"auto"``, ``"torch"``, ``"faiss"`` or ``"approx"`` (see
+            :mod:`mqreid.cluster.knn`).
 
     After :meth:`fit` (features) or :meth:`fit_graph` (a precomputed Jaccard graph from
     :func:`mqreid.cluster.jaccard_distance`), ``labels_`` [N] int64 holds 0..C-1, -1 = outlier,
-    and ``graph_`` the Jaccard graph used.
+    and ``graph_`` the Jaccard graph used (after :meth:`fit`, only its pairs within ``eps``).
     """
 
     def __init__(self, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6, knn: str = "auto"):
@@ -66,19 +75,19 @@ class DBSCANClusterer:
         _check_eps(self.eps)
         check_params(self, ("min_samples", "k1", "k2"))
 
-    def fit(self, features) -> "DBSCANClusterer":
+    def fit(self, features) -> DBSCANClusterer:
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""
         self._validate()
         start = time.perf_counter()
-        graph = jaccard_distance(features, self.k1, self.k2, knn=self.knn)
+        graph = jaccard_distance(features, self.k1, self.k2, knn=self.knn, max_distance=self.eps)
         return self._fit(graph, start)
 
-    def fit_graph(self, graph: sp.spmatrix) -> "DBSCANClusterer":
+    def fit_graph(self, graph: sp.spmatrix) -> DBSCANClusterer:
         """Cluster a precomputed sparse Jaccard ``graph`` [N, N] (absent entries = distance 1)."""
         self._validate()
         return self._fit(_check_graph(graph), time.perf_counter())
 
-    def _fit(self, graph: sp.csr_matrix, start: float) -> "DBSCANClusterer":
+    def _fit(self, graph: sp.csr_matrix, start: float) -> DBSCANClusterer:
         self.graph_ = graph
         self.labels_ = dbscan_on_graph(graph, self.eps, self.min_samples)
         clusters, outliers = cluster_summary(self.labels_)

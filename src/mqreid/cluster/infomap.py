@@ -30,7 +30,7 @@ class InfomapClusterer:
         min_sim: smallest similarity that makes a link (original ``--eps 0.5``).
         min_cluster_size: smaller modules become outliers (original ``--k2 4``: sizes <= 4 are
             outliers, i.e. 5).
-        knn: kNN backend, ``"auto"``, ``"faiss"`` or ``"torch"``.
+        knn: kNN backend, ``"auto"``, ``"torch"``, ``"faiss"`` or ``"approx"`` (see :mod:`mqreid.cluster.knn`).
         seed: random seed >= 0 (passed to Infomap as ``seed + 1``; its seeds start at 1).
             Results are deterministic for a seed.
 
@@ -52,7 +52,7 @@ class InfomapClusterer:
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
 
-    def fit(self, features) -> "InfomapClusterer":
+    def fit(self, features) -> InfomapClusterer:
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""
         self._validate()
         start = time.perf_counter()
