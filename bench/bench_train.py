@@ -15,9 +15,9 @@ the memory, the optimiser, the transforms and the loaders are the ones ``python 
   (worker start-up included: the trainer builds the loader every epoch);
 - extraction: ``extract_features`` on ready-made random batches (model alone) and ``Trainer.extract`` of
   the training set (with its loader);
-- ``--market N``: the loader alone on N temporary 256x128 JPEGs (the synthetic images scaled up x2, under
-  the Market-1501 recipe's transform), read from the files and from the in-memory cache, to show how many
-  images per second a number of workers delivers to a GPU.
+- ``--market N`` (a mode of its own: only this is measured): the loader alone on N temporary 256x128 JPEGs
+  (the synthetic images scaled up x2, under the Market-1501 recipe's transform), read from the files and
+  from the in-memory cache, to show how many images per second a number of workers delivers to a GPU.
 
 Pseudo labels are the training set's true identities. Each measurement is taken ``--repeat`` times,
 alternating, and the best is reported (the least disturbed by other work on the machine).
@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=None, help="input width (default: input.width)")
     p.add_argument("--repeat", type=int, default=2, help="times each measurement is taken (the best is reported)")
     p.add_argument("--market", type=int, default=0, metavar="N",
-                   help="also time the loader alone on N temporary 256x128 JPEGs (0 = skip)")
+                   help="instead, time only the loader alone on N temporary 256x128 JPEGs")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -195,42 +195,17 @@ def report(args: argparse.Namespace, trainer: Trainer) -> dict:
     workers = [int(w) for w in args.workers.split(",")] if args.workers else sorted({0, 1, auto})
     train_cfg, input_cfg = trainer.cfg.train, trainer.cfg.input
     shape = (3, input_cfg.height, input_cfg.width)
-    labels = np.unique(id_arrays(trainer.dataset.train)[0], return_inverse=True)[1]
-    features = trainer.extract(trainer.dataset.train)  # also warms up the model
-    trainer.build_memory(features, labels, 0)
-    ready = ReadyBatches(trainer.train_loader(0, labels), labels, shape)
-    time_train_epoch(trainer, labels, ready)  # warm-up
-
-    rows: list[dict] = []
-    alone = best_of(args.repeat, lambda: time_train_epoch(trainer, labels, ready), "train step, model alone")
-    rows.append({"measure": "train step, model alone", "workers": None, "img_s": alone})
-    for w in workers:
-        set_workers(trainer, w)
-        rows.append({"measure": "loader alone", "workers": w,
-                     "img_s": best_of(args.repeat, lambda: time_loader(trainer.train_loader(0, labels)),
-                                      f"loader alone, {w} workers")})
-    for w in workers:
-        set_workers(trainer, w)
-        rows.append({"measure": "train step with loader", "workers": w, "reference": alone,
-                     "img_s": best_of(args.repeat, lambda: time_train_epoch(trainer, labels),
-                                      f"train step with loader, {w} workers")})
     n = len(trainer.dataset.train)
-    extract_alone = best_of(args.repeat, lambda: time_extract_alone(trainer, n, shape), "extraction, model alone")
-    rows.append({"measure": "extraction, model alone", "workers": None, "img_s": extract_alone})
-    for w in workers:
-        set_workers(trainer, w)
-        rows.append({"measure": "extraction with loader", "workers": w, "reference": extract_alone,
-                     "img_s": best_of(args.repeat, lambda: time_extract(trainer), f"extraction with loader, {w} workers")})
-    if args.market:
-        rows += market_rows(trainer, args.market, workers, args.repeat)
-
+    rows: list[dict] = market_rows(trainer, args.market, workers, args.repeat) if args.market else measure_all(
+        trainer, workers, shape, args.repeat)
     setup = {"threads": torch.get_num_threads(), "cores": available_cores(),
              "batch_size": train_cfg.batch_size, "test_batch_size": train_cfg.test_batch_size,
              "iters": train_cfg.iters, "input": [input_cfg.height, input_cfg.width], "train_images": n,
              "overrides": args.overrides, "repeat": args.repeat, "auto_workers": auto}
-    print(f"{setup['cores']} cores, {setup['threads']} torch threads, batch {setup['batch_size']} of "
-          f"{shape[1]}x{shape[2]}, {setup['iters']} steps per epoch, {n} training images, best of {args.repeat}; "
-          f"train.num_workers=auto is {auto} here")
+    what = f"{args.market} JPEGs of 256x128" if args.market else \
+        f"{shape[1]}x{shape[2]}, {setup['iters']} steps per epoch, {n} training images"
+    print(f"{setup['cores']} cores, {setup['threads']} torch threads, batch {setup['batch_size']} of {what}, best of "
+          f"{args.repeat}; train.num_workers=auto is {auto} here")
     print("\n| measure | workers | img/s | of the model alone |\n|---|---|---|---|")
     for row in rows:
         share = f"{100 * row['img_s'] / row['reference']:.0f} %" if "reference" in row else ""
@@ -240,6 +215,36 @@ def report(args: argparse.Namespace, trainer: Trainer) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
+
+
+def measure_all(trainer: Trainer, workers: list[int], shape: tuple[int, ...], repeat: int) -> list[dict]:
+    labels = np.unique(id_arrays(trainer.dataset.train)[0], return_inverse=True)[1]
+    features = trainer.extract(trainer.dataset.train)  # also warms up the model
+    trainer.build_memory(features, labels, 0)
+    ready = ReadyBatches(trainer.train_loader(0, labels), labels, shape)
+    time_train_epoch(trainer, labels, ready)  # warm-up
+
+    rows: list[dict] = []
+    alone = best_of(repeat, lambda: time_train_epoch(trainer, labels, ready), "train step, model alone")
+    rows.append({"measure": "train step, model alone", "workers": None, "img_s": alone})
+    for w in workers:
+        set_workers(trainer, w)
+        rows.append({"measure": "loader alone", "workers": w,
+                     "img_s": best_of(repeat, lambda: time_loader(trainer.train_loader(0, labels)),
+                                      f"loader alone, {w} workers")})
+    for w in workers:
+        set_workers(trainer, w)
+        rows.append({"measure": "train step with loader", "workers": w, "reference": alone,
+                     "img_s": best_of(repeat, lambda: time_train_epoch(trainer, labels),
+                                      f"train step with loader, {w} workers")})
+    n = len(trainer.dataset.train)
+    extract_alone = best_of(repeat, lambda: time_extract_alone(trainer, n, shape), "extraction, model alone")
+    rows.append({"measure": "extraction, model alone", "workers": None, "img_s": extract_alone})
+    for w in workers:
+        set_workers(trainer, w)
+        rows.append({"measure": "extraction with loader", "workers": w, "reference": extract_alone,
+                     "img_s": best_of(repeat, lambda: time_extract(trainer), f"extraction with loader, {w} workers")})
+    return rows
 
 
 if __name__ == "__main__":
