@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from mqreid.data.base import ImageItem
-from mqreid.data.loader import ImageDataset, ImageReadError, build_test_loader, build_train_loader
-from mqreid.data.sampler import CameraRoundRobinSampler, RandomMultipleGallerySampler, sample_key
-from mqreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
+from mqreid.data.loader import (
+    CachedBatches,
+    ImageCache,
+    ImageDataset,
+    ImageReadError,
+    build_test_loader,
+    build_train_loader,
+)
+from mqreid.data.sampler import (
+    CameraRoundRobinSampler,
+    RandomMultipleGallerySampler,
+    sample_key,
+)
+from mqreid.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_test_transform,
+    build_train_transform,
+    split_stages,
+)
 
 H, W = 32, 16
 
@@ -340,3 +357,86 @@ def test_corrupt_image_error_names_file(tmp_path: Path) -> None:
         ds[1]
     with pytest.raises(OSError, match="bad.jpg"):
         next(iter(build_test_loader([(str(bad), 2, 1)], transform=None, batch_size=1)))
+
+
+# ----------------------------------------------------------------------------- in-memory images
+
+def cache_for(items, height: int = H, width: int = W, max_bytes=None) -> ImageCache:
+    cache = ImageCache(split_stages(build_test_transform(height, width)).resize, max_bytes=max_bytes)
+    assert cache.add(items)
+    return cache
+
+
+def test_stages_cut_only_the_transforms_built_here() -> None:
+    train = split_stages(build_train_transform(H, W, color_jitter=0.4))
+    assert train.resize.size == [H, W] and len(train.per_sample.transforms) == 4 and train.erasing is not None
+    test = split_stages(build_test_transform(H, W))
+    assert test.per_sample is None and test.erasing is None
+    assert split_stages(lambda image: image) is None
+    assert split_stages(v2.Compose([v2.ToImage(), v2.Resize((H, W))])) is None
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 4])
+def test_cached_batches_are_the_file_batches(image_items: list[ImageItem], epoch: int) -> None:
+    """Every random step on (flip, pad + crop, colour jitter, erasing): the same draws and the same
+    tensors, bit for bit, whether the images come from the files or from memory."""
+    labels = np.array(PIDS)
+    cache = cache_for(image_items)
+    common = {"transform": build_train_transform(H, W, color_jitter=0.4), "batch_size": 8, "num_instances": 2,
+              "iters": 6, "seed": 11, "epoch": epoch}
+    files = list(build_train_loader(image_items, labels, **common))
+    cached_loader = build_train_loader(image_items, labels, cache=cache, **common)
+    assert isinstance(cached_loader.dataset, CachedBatches) and len(cached_loader) == 6
+    memory = list(cached_loader)
+    for a, b in zip(files, memory, strict=True):
+        for x, y in zip(a, b):
+            assert x.dtype == y.dtype and torch.equal(x, y)
+    images = torch.cat([b[0] for b in memory])
+    erased = torch.isclose(images, torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).all(dim=1).flatten(1)
+    assert 0 < (erased.sum(1) > 20).sum() < len(images)  # some images erased, not all: the draws vary
+
+
+def test_cached_augmentation_depends_on_the_sample_not_the_process_or_worker(image_items: list[ImageItem]) -> None:
+    labels = np.array(PIDS)
+    cache = cache_for(image_items)
+    common = {"transform": build_train_transform(H, W, color_jitter=0.4), "batch_size": 8, "num_instances": 2,
+              "iters": 3, "seed": 5, "epoch": 2, "cache": cache}
+    whole = [b[0] for b in build_train_loader(image_items, labels, num_workers=0, **common)]
+    ranks = [[b[0] for b in build_train_loader(image_items, labels, rank=r, world_size=2, num_workers=2, **common)]
+             for r in range(2)]
+    for step, images in enumerate(whole):
+        assert torch.equal(images, torch.cat([ranks[0][step], ranks[1][step]]))
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_cached_test_batches_are_the_file_batches(image_items: list[ImageItem], world_size: int) -> None:
+    cache, transform = cache_for(image_items), build_test_transform(H, W)
+    for rank in range(world_size):
+        files = list(build_test_loader(image_items, transform=transform, batch_size=4, rank=rank,
+                                       world_size=world_size))
+        memory = list(build_test_loader(image_items, transform=transform, batch_size=4, rank=rank,
+                                        world_size=world_size, cache=cache))
+        for a, b in zip(files, memory, strict=True):
+            assert all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_cache_limit_and_the_per_file_path(image_items: list[ImageItem]) -> None:
+    one = H * W * 3
+    cache = ImageCache(split_stages(build_test_transform(H, W)).resize, max_bytes=10 * one)
+    assert not cache.add(image_items) and cache.nbytes == 0  # 26 images do not fit in 10
+    assert cache.add(image_items[:10]) and cache.nbytes == 10 * one
+    assert cache.add(image_items[:5]) and cache.nbytes == 10 * one  # already held: nothing added
+    transform = build_test_transform(H, W)
+    assert cache.holds(image_items[:10], transform) is not None
+    assert cache.holds(image_items, transform) is None  # not every item is held
+    assert cache.holds(image_items[:10], build_test_transform(2 * H, W)) is None  # another size
+    assert cache.holds(image_items[:10], lambda image: image) is None  # a transform of another kind
+    loader = build_test_loader(image_items, transform=transform, batch_size=4, cache=cache)
+    assert isinstance(loader.dataset, ImageDataset)  # the files
+
+
+def test_cache_names_an_unreadable_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match=f"cannot read image {bad}"):
+        cache_for([ImageItem(str(bad), 0, 0)])

@@ -26,12 +26,14 @@ HERE = Path(__file__).parent
 def test_every_bad_setting_is_listed_at_once():
     cfg = compose_config(["train.iters=abc", "seed=-1", "train.batch_size=0", "memory.queue_size=0",
                           "clusterer.eps=-1", "eval.every=0", "train.sampler=bogus", "input.flip_p=2",
-                          "optim.optimizer.lr=-1", "temp=learnable", "temp.tlr=-1", "+memory.queue_sz=3"])
+                          "optim.optimizer.lr=-1", "temp=learnable", "temp.tlr=-1", "+memory.queue_sz=3",
+                          "train.cache_images=maybe", "train.cache_limit_mb=-1"])
     problems = "\n".join(config_problems(cfg))
     for expected in ("train.iters='abc': expected an integer >= 1", "seed=-1: expected an integer >= 0",
                      "train.batch_size=0", "eval.every=0", "clusterer: eps", "train.sampler='bogus'",
                      "input.flip_p=2", "optim: Invalid learning rate", "temp.tlr must be >= 0",
-                     "memory.queue_sz is not a setting of mqreid.memory.MultiQueueMemory"):
+                     "memory.queue_sz is not a setting of mqreid.memory.MultiQueueMemory",
+                     "train.cache_images='maybe': expected true or false", "train.cache_limit_mb=-1: expected an"):
         assert expected in problems, expected
     with pytest.raises(ConfigError, match="invalid setting"):
         validate_config(cfg)

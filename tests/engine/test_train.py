@@ -170,3 +170,17 @@ def test_best_counts_the_untrained_epoch():
     trainer._close_epoch({"epoch": 0, **row})
     trainer._close_epoch({"epoch": 1, **row, "mAP": 3.0})  # training made it worse
     assert trainer.results["best"]["epoch"] == 0 and trainer.results["best"]["mAP"] == 5.0
+
+
+@pytest.mark.slow
+def test_the_image_cache_does_not_change_the_run(tiny_cfg, tmp_path):
+    runs = {}
+    for cached in ("true", "false"):
+        cfg = tiny_cfg("train.epochs=2", TINY_EPS, f"train.cache_images={cached}")
+        cfg.run_dir = str(tmp_path / cached)
+        trainer = Trainer(cfg, cfg.run_dir)
+        assert (trainer.image_cache is not None) == (cached == "true")
+        runs[cached] = (trainer.fit(), load_checkpoint(tmp_path / cached / "checkpoints" / "last.pt")["model"])
+    assert any(r.get("clusters", 0) >= 2 for r in res_rows(tmp_path / "true")), "the runs must train"
+    assert runs["true"][0]["final"] == runs["false"][0]["final"]
+    assert all(torch.equal(runs["true"][1][k], runs["false"][1][k]) for k in runs["false"][1])

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torchvision.transforms import v2
 
 from .base import DatasetError, ImageItem
 from .image_check import READ_ERRORS
 from .sampler import SAMPLERS
+from .transforms import Stages, split_stages
 
 # appended to every read error: what the check at load time covers, and why a run cannot drop the file
 READ_ADVICE = (
@@ -24,6 +27,111 @@ READ_ADVICE = (
 
 class ImageReadError(DatasetError, OSError):
     """An image file could not be read or decoded."""
+
+
+def read_image(path: str) -> Image.Image:
+    """The image at ``path`` as an RGB PIL image; :class:`ImageReadError` naming the file if it cannot be."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except READ_ERRORS as e:
+        raise ImageReadError(f"cannot read image {path}: {e}. {READ_ADVICE}") from e
+
+
+def same_resize(a: v2.Resize, b: v2.Resize) -> bool:
+    return (list(a.size), a.interpolation, a.max_size, a.antialias) == (list(b.size), b.interpolation, b.max_size,
+                                                                        b.antialias)
+
+
+class ImageCache:
+    """Images decoded once and resized by a transform's first step, kept in memory: uint8 [N, H, W, 3].
+
+    The resize is deterministic, so an image read from the cache and then given the rest of the transform
+    (:class:`~mqreid.data.transforms.Stages`) is exactly the image the whole transform makes of the file.
+    :meth:`add` takes a list of items only while the total stays within ``max_bytes``; loaders read the
+    items it does not hold from their files. The images live in one tensor: loader workers share it.
+    """
+
+    def __init__(self, resize: v2.Resize, max_bytes: int | None = None, threads: int = 1) -> None:
+        self.resize, self.max_bytes, self.threads = resize, max_bytes, max(1, threads)
+        self.images = torch.empty(0, *resize.size, 3, dtype=torch.uint8)
+        self.rows: dict[str, int] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel()
+
+    def image_bytes(self) -> int:
+        """Bytes one image takes."""
+        height, width = self.resize.size
+        return height * width * 3
+
+    def add(self, items: Sequence[ImageItem | tuple[str, int, int]]) -> bool:
+        """Decode and keep the images of ``items`` not held yet if they all fit; whether they are all held."""
+        paths = list(dict.fromkeys(str(item[0]) for item in items if str(item[0]) not in self.rows))
+        if self.max_bytes is not None and self.nbytes + len(paths) * self.image_bytes() > self.max_bytes:
+            return False
+        if not paths:
+            return True
+        with ThreadPoolExecutor(self.threads) as pool:  # PIL decodes and resizes without the GIL
+            arrays = list(pool.map(lambda p: np.asarray(self.resize(read_image(p))), paths))
+        start = len(self.images)
+        self.images = torch.cat([self.images, torch.from_numpy(np.stack(arrays))])
+        self.rows.update((path, start + j) for j, path in enumerate(paths))
+        return True
+
+    def holds(self, items: Sequence[ImageItem | tuple[str, int, int]], transform: Callable) -> Stages | None:
+        """The stages of ``transform`` if this cache can serve it for every item of ``items``, else None."""
+        stages = split_stages(transform)
+        if stages is None or not same_resize(stages.resize, self.resize):
+            return None
+        return stages if all(str(item[0]) in self.rows for item in items) else None
+
+
+class CachedBatches(Dataset):
+    """Whole batches from an :class:`ImageCache`: ``dataset[[i, ...]]`` or ``dataset[[(i, key), ...]]`` ->
+    ``(images [B, 3, H, W], pids [B], camids [B], indices [B])``, the batch a DataLoader over
+    :class:`ImageDataset` with the same transform collates.
+
+    Each image gets the random steps of the transform on its own, after seeding torch's RNG with its key
+    (as :class:`ImageDataset` does), and its erasing draws; conversion and normalisation run on the
+    stacked batch. Without random steps (a test transform) a batch is one gather and one normalisation.
+    """
+
+    def __init__(self, cache: ImageCache, items: Sequence[ImageItem], stages: Stages, indices: Sequence[int]) -> None:
+        self.cache, self.stages = cache, stages
+        self.rows = torch.tensor([cache.rows[str(item[0])] for item in items], dtype=torch.long)
+        self.pids = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
+        self.camids = torch.tensor([int(item[2]) for item in items], dtype=torch.long)
+        self.indices = torch.tensor(list(indices), dtype=torch.long)
+        self.random = stages.per_sample is not None or stages.erasing is not None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, batch: Sequence[int | tuple[int, int]]):
+        positions = torch.tensor([entry[0] if isinstance(entry, tuple) else entry for entry in batch])
+        if not self.random:
+            images = self.cache.images[self.rows[positions]].permute(0, 3, 1, 2).contiguous()
+            images = self.stages.to_tensor(images).as_subclass(torch.Tensor)
+            return images, self.pids[positions], self.camids[positions], self.indices[positions]
+        pictures, boxes = [], []
+        height, width = self.stages.resize.size
+        for entry in batch:
+            i, key = entry if isinstance(entry, tuple) else (entry, None)
+            if key is not None:
+                torch.default_generator.manual_seed(key)
+            image = Image.fromarray(self.cache.images[self.rows[i]].numpy())
+            if self.stages.per_sample is not None:
+                image = self.stages.per_sample(image)
+            pictures.append(v2.functional.pil_to_tensor(image))
+            if self.stages.erasing is not None:
+                boxes.append(self.stages.erasing.draw(height, width))
+        images = self.stages.to_tensor(torch.stack(pictures)).as_subclass(torch.Tensor)
+        for j, box in enumerate(boxes):
+            if box is not None:
+                images[j] = self.stages.erasing.erase(images[j], box)
+        return images, self.pids[positions], self.camids[positions], self.indices[positions]
 
 
 class ImageDataset(Dataset):
@@ -61,11 +169,7 @@ class ImageDataset(Dataset):
             i, key = i
             torch.default_generator.manual_seed(key)  # the CPU generator only: torch.manual_seed costs ~0.3 ms
         path, pid, camid = self.items[i]
-        try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except READ_ERRORS as e:
-            raise ImageReadError(f"cannot read image {path}: {e}. {READ_ADVICE}") from e
+        image = read_image(path)
         if self.transform is not None:
             image = self.transform(image)
         return image, pid, camid, self.indices[i]
@@ -86,6 +190,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    cache: ImageCache | None = None,
 ) -> DataLoader:
     """PK-sampled loader over the pseudo-labelled items, yielding exactly ``iters`` batches per epoch.
 
@@ -99,6 +204,9 @@ def build_train_loader(
     (``seed``, ``epoch``). Each sample's augmentation is seeded from (seed, epoch, its
     position in the global stream), so batches and augmentations do not depend on ``world_size`` or
     ``num_workers``.
+
+    When ``cache`` holds every item (and ``transform`` is one of :mod:`~mqreid.data.transforms`'), images
+    come from memory as whole batches (:class:`CachedBatches`): the same tensors as from the files.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"train.sampler={sampler!r} is unknown; valid choices: {', '.join(SAMPLERS)}")
@@ -109,12 +217,17 @@ def build_train_loader(
     if len(keep) == 0:
         raise ValueError("every item is an outlier (label -1): nothing to train on")
     kept = [ImageItem(str(items[i][0]), int(labels_arr[i]), int(items[i][2])) for i in keep]
-    dataset = ImageDataset(kept, transform, indices=keep.tolist())
     index_sampler = SAMPLERS[sampler](
         [it.pid for it in kept], [it.camid for it in kept], batch_size, num_instances, iters,
         seed=seed, rank=rank, world_size=world_size,
     )
     index_sampler.set_epoch(epoch)
+    stages = cache.holds(kept, transform) if cache is not None else None
+    if stages is not None:
+        return DataLoader(CachedBatches(cache, kept, stages, keep.tolist()), batch_size=None,
+                          sampler=BatchSampler(index_sampler, batch_size // world_size, drop_last=True),
+                          num_workers=num_workers, pin_memory=pin_memory)
+    dataset = ImageDataset(kept, transform, indices=keep.tolist())
     return DataLoader(
         dataset,
         batch_size=batch_size // world_size,
@@ -133,15 +246,23 @@ def build_test_loader(
     num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    cache: ImageCache | None = None,
 ) -> DataLoader:
     """Sequential loader; with ``world_size`` > 1 rank r reads the contiguous block r of ``items``.
 
     Blocks are ``items[r * N // W : (r + 1) * N // W]``, so concatenating the ranks' outputs in rank order
     restores the order of ``items``; the index field is the global index into ``items`` either way.
+    When ``cache`` holds the block, a batch is one gather and one normalisation in this process
+    (``num_workers`` is not used: there is nothing to decode).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world size {world_size}), got {rank}")
     n = len(items)
     start, stop = rank * n // world_size, (rank + 1) * n // world_size
-    dataset = ImageDataset(items[start:stop], transform, indices=range(start, stop))
+    block = items[start:stop]
+    stages = cache.holds(block, transform) if cache is not None else None
+    if stages is not None:
+        batches = BatchSampler(SequentialSampler(block), batch_size, drop_last=False)
+        return DataLoader(CachedBatches(cache, block, stages, range(start, stop)), batch_size=None, sampler=batches)
+    dataset = ImageDataset(block, transform, indices=range(start, stop))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)

@@ -8,6 +8,7 @@ loader seeds per sample.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -64,16 +65,23 @@ class RandomErasing(torch.nn.Module):
                 return top, left, h, w
         return None
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def draw(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """All of one image's draws: whether to erase (probability ``p``), then :meth:`box`."""
         if torch.rand(()).item() >= self.p:
+            return None
+        return self.box(height, width)
+
+    def erase(self, image: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+        """``image`` with ``box`` (from :meth:`draw`) filled with ``value``; ``image`` itself when None."""
+        if box is None:
             return image
-        found = self.box(image.shape[-2], image.shape[-1])
-        if found is None:
-            return image
-        top, left, h, w = found
+        top, left, h, w = box
         out = image.clone()
         out[..., top:top + h, left:left + w] = self.value.to(out)[:, None, None]
         return out
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.erase(image, self.draw(image.shape[-2], image.shape[-1]))
 
 
 def build_train_transform(
@@ -124,3 +132,36 @@ def build_test_transform(
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),
     ])
+
+
+@dataclass(frozen=True)
+class Stages:
+    """A transform of :func:`build_train_transform` or :func:`build_test_transform`, cut in four.
+
+    ``resize`` is deterministic, so its output may be computed once and kept (an image cache);
+    ``per_sample`` holds the random steps on the resized PIL image (flip, pad + crop, colour jitter; None if
+    there are none);
+    ``to_tensor`` (ToImage, ToDtype, Normalize) works element by element, so it gives the same values on a
+    stacked batch as on each image; ``erasing`` (or None) draws per image with :meth:`RandomErasing.draw`.
+    Run in this order with the same draws, the stages compute exactly what the whole transform does.
+    """
+
+    resize: v2.Resize
+    per_sample: v2.Compose | None
+    to_tensor: v2.Compose
+    erasing: RandomErasing | None
+
+
+def split_stages(transform) -> Stages | None:
+    """The :class:`Stages` of a transform built by this module, or None for any other transform."""
+    steps = list(transform.transforms) if isinstance(transform, v2.Compose) else []
+    kinds = [type(step) for step in steps]
+    if not steps or kinds[0] is not v2.Resize or v2.ToImage not in kinds:
+        return None
+    k = kinds.index(v2.ToImage)
+    tail = steps[k + 3:]
+    if kinds[k:k + 3] != [v2.ToImage, v2.ToDtype, v2.Normalize] or len(tail) > 1 or \
+            (tail and not isinstance(tail[0], RandomErasing)):
+        return None
+    return Stages(steps[0], v2.Compose(steps[1:k]) if k > 1 else None, v2.Compose(steps[k:k + 3]),
+                  tail[0] if tail else None)

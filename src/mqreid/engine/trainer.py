@@ -28,15 +28,15 @@ from tqdm import tqdm
 
 from mqreid.cluster import camera_centering
 from mqreid.data.base import id_arrays
-from mqreid.data.loader import build_train_loader
-from mqreid.data.transforms import build_test_transform, build_train_transform
+from mqreid.data.loader import ImageCache, build_train_loader
+from mqreid.data.transforms import build_test_transform, build_train_transform, split_stages
 from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn
 
 from . import distributed, pictures, warm_start
 from .checkpoint import FORMAT_VERSION, load_checkpoint, to_json, write_atomic, write_json_atomic
 from .features import extract_items
-from .validate import ConfigError, batch_layout_problems, resolve_workers, validate_config
+from .validate import ConfigError, available_cores, batch_layout_problems, resolve_workers, validate_config
 
 log = logging.getLogger("mqreid")
 
@@ -44,7 +44,8 @@ RANKING_KEYS = ("mAP", "rank1", "rank5", "rank10")
 # settings that may change when a run is resumed: they do not change what is trained
 RESUMABLE_CHANGES = ("resume", "progress", "device", "data_root", "dataset.root", "dataset.on_bad_image",
                      "dataset._convert_", "logger", "eval.every",
-                     "train.num_workers", "train.test_batch_size", "train.epochs", "run_dir")
+                     "train.num_workers", "train.test_batch_size", "train.epochs", "run_dir",
+                     "train.cache_images", "train.cache_limit_mb")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -143,6 +144,7 @@ class Trainer:
                                                      pad=input_cfg.pad, erasing_p=input_cfg.erasing_p,
                                                      color_jitter=input_cfg.color_jitter)
         self.test_transform = build_test_transform(input_cfg.height, input_cfg.width)
+        self.image_cache = self._build_image_cache()
         self.model, self.train_model = self._build_model()
         self.temperature = instantiate(cfg.temp).to(self.device)
         self.optimizer = self._build_optimizer()
@@ -169,6 +171,22 @@ class Trainer:
         if self.is_main:
             distributed.barrier()
         return dataset
+
+    def _build_image_cache(self) -> ImageCache | None:
+        """``train.cache_images``: the training, query and gallery images decoded and resized once, in this
+        order, as long as they fit in ``train.cache_limit_mb``; a split that does not is read from its files."""
+        train_cfg = self.cfg.train
+        if not train_cfg.cache_images:
+            return None
+        cache = ImageCache(split_stages(self.test_transform).resize, max_bytes=train_cfg.cache_limit_mb * 2**20,
+                           threads=available_cores())
+        start = time.perf_counter()
+        held = {split: cache.add(getattr(self.dataset, split)) for split in ("train", "query", "gallery")}
+        log.info("image cache: %s in memory (%.0f MiB, %.1f s)%s", ", ".join(s for s in held if held[s]) or "nothing",
+                 cache.nbytes / 2**20, time.perf_counter() - start,
+                 "".join(f"; {s} read from files (over train.cache_limit_mb={train_cfg.cache_limit_mb})"
+                         for s in held if not held[s]))
+        return cache
 
     def _build_model(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """The model, and the module the training step calls (the model itself, or its DDP wrapper)."""
@@ -248,7 +266,8 @@ class Trainer:
         return extract_items(self.model, items, self.test_transform, self.device,
                              batch_size=self.cfg.train.test_batch_size,
                              num_workers=resolve_workers(self.cfg.train.num_workers),
-                             flip=self.cfg.eval.flip, amp=self.amp, progress=self.is_main and self.cfg.progress)
+                             flip=self.cfg.eval.flip, amp=self.amp, progress=self.is_main and self.cfg.progress,
+                             cache=self.image_cache)
 
     def cluster(self, features: torch.Tensor) -> np.ndarray:
         """Pseudo labels [N] (-1 = outlier), computed on rank 0 and broadcast."""
@@ -285,14 +304,20 @@ class Trainer:
                                           seed=epoch_seed(self.cfg.seed, epoch)).to(self.device)
         self.memory.reset(features.to(self.device), torch.from_numpy(labels).to(self.device))
 
+    def train_loader(self, epoch: int, labels: np.ndarray):
+        """This process's loader of ``epoch``: ``train.iters`` batches of the pseudo-labelled images."""
+        train_cfg = self.cfg.train
+        return build_train_loader(self.dataset.train, labels, transform=self.train_transform,
+                                  batch_size=train_cfg.batch_size, num_instances=train_cfg.num_instances,
+                                  iters=train_cfg.iters, sampler=train_cfg.sampler,
+                                  num_workers=resolve_workers(train_cfg.num_workers), seed=self.cfg.seed, epoch=epoch,
+                                  rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.on_cuda,
+                                  cache=self.image_cache)
+
     def train_epoch(self, epoch: int, labels: np.ndarray) -> dict[str, float]:
         """``train.iters`` steps on the pseudo-labelled images; returns the epoch's mean loss."""
         train_cfg = self.cfg.train
-        loader = build_train_loader(self.dataset.train, labels, transform=self.train_transform,
-                                    batch_size=train_cfg.batch_size, num_instances=train_cfg.num_instances,
-                                    iters=train_cfg.iters, sampler=train_cfg.sampler,
-                                    num_workers=resolve_workers(train_cfg.num_workers), seed=self.cfg.seed, epoch=epoch,
-                                    rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.on_cuda)
+        loader = self.train_loader(epoch, labels)
         self.train_model.train()
         autocast = torch.autocast(self.device.type, dtype=torch.float16) if self.amp else nullcontext()
         losses = []

@@ -78,6 +78,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.num_instances", positive_int, "an integer >= 1"),
     ("train.test_batch_size", positive_int, "an integer >= 1"),
     ("train.num_workers", workers, "auto or an integer >= 0"),
+    ("train.cache_images", boolean, "true or false"),
+    ("train.cache_limit_mb", non_negative_int, "an integer >= 0 (MiB of decoded images kept in memory)"),
     ("train.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
     ("train.bn_group", lambda v: v is None or positive_int(v), "null or an integer >= 1"),
     ("train.amp", boolean, "true or false"),
@@ -201,11 +203,16 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"{len(problems)} invalid setting(s):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_workers(value: int | str) -> int:
     """``auto``: one loader worker per available core, at most 8 (0 on a single core); an integer as given."""
     if value != "auto":
         return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return 0 if cores <= 1 else min(8, cores)
 
 
