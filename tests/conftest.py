@@ -28,6 +28,7 @@ TINY = [
     "dataset.camera_shift=0.3", "dataset.noise=0.3", "dataset.occlusion=0.1",
     "train.epochs=2", "train.iters=2", "train.batch_size=16", "train.num_instances=4", "train.bn_group=8",
     "train.test_batch_size=128", "train.num_workers=0", "eval.every=1", "progress=false", "device=cpu",
+    "backbone.pretrained=false",
 ]
 
 

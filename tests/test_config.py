@@ -10,7 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from conftest import CONF, compose_config
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "dataset_clusterer"))
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 CHOICES = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
 
 
@@ -74,9 +74,12 @@ def test_presets_map_the_original_flags():
     assert (cfg.input.height, cfg.input.width) == (224, 224)
 
 
-def test_specialisation_applies_to_the_synthetic_default_only():
-    assert compose_config([]).clusterer.eps == 0.5
-    assert compose_config(["dataset=market1501"]).clusterer.eps == 0.6
+def test_the_synthetic_default_uses_the_warm_start_and_the_papers_clusterer_settings():
+    cfg = compose_config([])
+    assert cfg.backbone.pretrained == "synthetic" and cfg.clusterer.eps == 0.6
+    assert compose_config(["clusterer=infomap"]).clusterer.min_sim == 0.5
+    assert compose_config(["debug=fast"]).backbone.pretrained is False  # seconds, no warm start to train
+    assert compose_config(["experiment=market1501_dbscan"]).backbone.pretrained is True  # ImageNet
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "slurm_local"])
