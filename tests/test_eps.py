@@ -32,14 +32,14 @@ def test_eps_sweep_end_to_end(data_root, tmp_path, capsys):
     assert code == 0 and not moved.exists()
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line[:1] in "* " and line.lstrip("* ")[:1].isdigit()]
-    assert [float(line.split()[-5]) for line in table] == [0.3, 0.35, 0.4, 0.45, 0.5]  # + the configured 0.5
+    assert [float(line.split()[-5]) for line in table] == [0.3, 0.35, 0.4, 0.45, 0.6]  # + the configured 0.6
     assert table[-1].startswith("*") and "8 true ids" in printed
     out = ckpt.parent / "eps_sweep.png"
     assert f"wrote {out}" in printed and out.stat().st_size > 10_000
     assert f"wrote {gallery}" in printed and gallery.stat().st_size > 10_000
 
-    sweep = run_eps_sweep(ckpt, [0.5, 0.7], data_root=data_root, device="cpu")
-    assert [r["eps"] for r in sweep.rows] == [0.5, 0.7] and sweep.configured_eps == 0.5
+    sweep = run_eps_sweep(ckpt, [0.6, 0.7], data_root=data_root, device="cpu")
+    assert [r["eps"] for r in sweep.rows] == [0.6, 0.7] and sweep.configured_eps == 0.6
     assert sweep.num_true_ids == 8 and sweep.num_images > 0
     for row in sweep.rows:
         assert {"num_clusters", "outlier_ratio", "ari", "nmi"} <= row.keys() and "labels" not in row

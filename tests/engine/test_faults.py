@@ -171,6 +171,9 @@ def test_loader_workers_follow_the_cores(monkeypatch):
 
     monkeypatch.setattr(validate.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert validate.resolve_workers("auto") == 2 and validate.resolve_workers(3) == 3
+    assert validate.resolve_workers("auto", in_memory=True) == 0  # augmenting only: the model needs both cores
+    monkeypatch.setattr(validate.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert validate.resolve_workers("auto", in_memory=True) == 4
     monkeypatch.setattr(validate.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert validate.resolve_workers("auto") == 0
 

@@ -35,7 +35,7 @@ Backend = Literal["auto", "faiss", "torch", "approx"]
 BACKENDS = ("auto", "faiss", "torch", "approx")
 _NORM_TOL = 1e-3
 # Largest N that ``auto`` searches exactly: the exact kNN costs N^2 * D multiply-adds (upper
-# triangle), ~4 min at 100k x 2048 on the 2-core development CPU and growing quadratically.
+# triangle), 2.6 min at 100k x 2048 on the 2-core development CPU and growing quadratically.
 AUTO_APPROX_ABOVE = 100_000
 _EXACT_FLOPS = 1e11  # multiply-adds per second assumed for the expected time in the warning
 # approx: cells = CELLS_PER_SQRT_N * sqrt(N) k-means cells (faiss's guideline is 4-16 sqrt(N));
