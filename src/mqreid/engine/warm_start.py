@@ -91,11 +91,12 @@ def cache_path(backbone: DictConfig, height: int, width: int, data_root: str | P
 
 def pretrain(backbone: DictConfig, height: int, width: int, data_root: str | Path, *,
              source: SourceDomain | None = None, progress: bool = True,
-             device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
+             device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """Train the encoder with labels on the source domain; return its trunk weights (on the CPU).
 
     Torch's global random state is left as it was, so a run is the same whether the weights were cached."""
     source = source or SOURCE
+    device = device or torch.device("cpu")
     dataset = Synthetic(data_root, num_train_ids=source.num_ids, num_test_ids=1, num_distractors=0,
                         num_cameras=source.num_cameras, camera_shift=source.camera_shift, noise=source.noise,
                         occlusion=source.occlusion, seed=source.seed, verbose=False, **source.extra)
@@ -124,7 +125,7 @@ def pretrain(backbone: DictConfig, height: int, width: int, data_root: str | Pat
 
 def synthetic_weights(backbone: DictConfig, height: int, width: int, data_root: str | Path, *,
                       progress: bool = True,
-                      device: torch.device = torch.device("cpu")) -> Path:
+                      device: torch.device | None = None) -> Path:
     """Path of the cached warm-start trunk weights; trains and caches them on first use."""
     path = cache_path(backbone, height, width, data_root)
     if not path.is_file():
