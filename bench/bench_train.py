@@ -191,7 +191,7 @@ def main(argv=None) -> dict:
 
 
 def report(args: argparse.Namespace, trainer: Trainer) -> dict:
-    auto = resolve_workers("auto")
+    auto = resolve_workers("auto", trainer.train_in_memory)  # what train.num_workers=auto gives training
     workers = [int(w) for w in args.workers.split(",")] if args.workers else sorted({0, 1, auto})
     train_cfg, input_cfg = trainer.cfg.train, trainer.cfg.input
     shape = (3, input_cfg.height, input_cfg.width)

@@ -145,6 +145,9 @@ class Trainer:
                                                      color_jitter=input_cfg.color_jitter)
         self.test_transform = build_test_transform(input_cfg.height, input_cfg.width)
         self.image_cache = self._build_image_cache()
+        # whether training reads the cache (it is filled once, here): then loader workers only augment
+        self.train_in_memory = (self.image_cache is not None
+                                and self.image_cache.holds(self.dataset.train, self.train_transform) is not None)
         self.model, self.train_model = self._build_model()
         self.temperature = instantiate(cfg.temp).to(self.device)
         self.optimizer = self._build_optimizer()
@@ -304,16 +307,13 @@ class Trainer:
                                           seed=epoch_seed(self.cfg.seed, epoch)).to(self.device)
         self.memory.reset(features.to(self.device), torch.from_numpy(labels).to(self.device))
 
-    def _train_in_memory(self) -> bool:
-        return self.image_cache is not None and self.image_cache.holds(self.dataset.train, self.train_transform) is not None
-
     def train_loader(self, epoch: int, labels: np.ndarray):
         """This process's loader of ``epoch``: ``train.iters`` batches of the pseudo-labelled images."""
         train_cfg = self.cfg.train
         return build_train_loader(self.dataset.train, labels, transform=self.train_transform,
                                   batch_size=train_cfg.batch_size, num_instances=train_cfg.num_instances,
                                   iters=train_cfg.iters, sampler=train_cfg.sampler,
-                                  num_workers=resolve_workers(train_cfg.num_workers, self._train_in_memory()),
+                                  num_workers=resolve_workers(train_cfg.num_workers, self.train_in_memory),
                                   seed=self.cfg.seed, epoch=epoch, rank=self.env.rank, world_size=self.env.world_size,
                                   pin_memory=self.on_cuda, cache=self.image_cache)
 
