@@ -265,8 +265,8 @@ def jaccard_distance(
 
     def stored(m: np.ndarray) -> np.ndarray:
         dist = overlap_to_distance(m).astype(np.float32)
-        # an overlap too small to move a float32 below 1 means "not a neighbour"
-        return (dist < 1) & (dist <= limit) if max_distance is not None else dist < 1
+        # an overlap too small to move a float32 below 1 means "not a neighbour" (limit 1: every neighbour)
+        return (dist < 1) & (dist <= limit)
 
     upper = min_overlap(v, keep=stored)
     del v
