@@ -93,9 +93,10 @@ class CachedBatches(Dataset):
     ``(images [B, 3, H, W], pids [B], camids [B], indices [B])``, the batch a DataLoader over
     :class:`ImageDataset` with the same transform collates.
 
-    Each image gets the random steps of the transform on its own, after seeding torch's RNG with its key
-    (as :class:`ImageDataset` does), and its erasing draws; conversion and normalisation run on the
-    stacked batch. Without random steps (a test transform) a batch is one gather and one normalisation.
+    Each image gets its own draws for the random steps of the transform, after seeding torch's RNG with its
+    key (as :class:`ImageDataset` does); the steps then run on the whole uint8 batch
+    (:class:`~mqreid.data.augment.BatchAugment`), as do conversion and normalisation, and erasing fills
+    each image's box. Without random steps (a test transform) a batch is one gather and one normalisation.
     """
 
     def __init__(self, cache: ImageCache, items: Sequence[ImageItem], stages: Stages, indices: Sequence[int]) -> None:
@@ -111,27 +112,34 @@ class CachedBatches(Dataset):
 
     def __getitem__(self, batch: Sequence[int | tuple[int, int]]):
         positions = torch.tensor([entry[0] if isinstance(entry, tuple) else entry for entry in batch])
-        if not self.random:
-            images = self.cache.images[self.rows[positions]].permute(0, 3, 1, 2).contiguous()
-            images = self.stages.to_tensor(images).as_subclass(torch.Tensor)
-            return images, self.pids[positions], self.camids[positions], self.indices[positions]
-        pictures, boxes = [], []
-        height, width = self.stages.resize.size
-        for entry in batch:
-            i, key = entry if isinstance(entry, tuple) else (entry, None)
-            if key is not None:
-                torch.default_generator.manual_seed(key)
-            image = Image.fromarray(self.cache.images[self.rows[i]].numpy())
-            if self.stages.per_sample is not None:
-                image = self.stages.per_sample(image)
-            pictures.append(v2.functional.pil_to_tensor(image))
-            if self.stages.erasing is not None:
-                boxes.append(self.stages.erasing.draw(height, width))
-        images = self.stages.to_tensor(torch.stack(pictures)).as_subclass(torch.Tensor)
+        images = self.cache.images[self.rows[positions]].permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
+        boxes = []
+        if self.random:
+            images, boxes = self._augment(images, batch)
+        images = self.stages.to_tensor(images.contiguous()).as_subclass(torch.Tensor)
         for j, box in enumerate(boxes):
             if box is not None:
                 images[j] = self.stages.erasing.erase(images[j], box)
         return images, self.pids[positions], self.camids[positions], self.indices[positions]
+
+    def _augment(self, images: torch.Tensor, batch: Sequence[int | tuple[int, int]]) -> tuple[torch.Tensor, list]:
+        """The random steps before normalisation, and the erasing boxes: each image's draws in the per-image
+        transform's order (after seeding torch's RNG with its key), then the batched steps all at once (or,
+        for steps that cannot be batched, each image's steps as it is drawn)."""
+        stages, draws, boxes, pictures = self.stages, [], [], []
+        height, width = stages.resize.size
+        for j, entry in enumerate(batch):
+            if isinstance(entry, tuple):
+                torch.default_generator.manual_seed(entry[1])
+            if stages.batched is not None:
+                draws.append(stages.batched.draw(height, width))
+            elif stages.per_sample is not None:
+                pictures.append(stages.per_sample(images[j]))
+            if stages.erasing is not None:
+                boxes.append(stages.erasing.draw(height, width))
+        if stages.batched is not None:
+            return stages.batched.apply(images, draws), boxes
+        return (torch.stack(pictures).as_subclass(torch.Tensor) if pictures else images), boxes
 
 
 class ImageDataset(Dataset):

@@ -1,8 +1,9 @@
 """Train and test image transforms (torchvision.transforms.v2), as in Cluster Contrast.
 
 Both take a PIL image and return a normalised float32 tensor of shape [3, height, width]. Resizing is
-bicubic, as in the original (``interpolation=3``). Random draws use torch's RNG, which the training
-loader seeds per sample.
+bicubic on the PIL image, as in the original (``interpolation=3``); every later step runs on the uint8
+tensor, so a batch of cached images can take the same steps at once (:mod:`mqreid.data.augment`). Random
+draws use torch's RNG, which the training loader seeds per sample.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Sequence
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
+
+from .augment import BATCHED_STEPS, BatchAugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,7 +100,8 @@ def build_train_transform(
 ) -> v2.Compose:
     """Resize, random flip, pad + random crop, optional colour jitter, normalise, random erasing.
 
-    ``color_jitter`` = c > 0 adds ``ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c/4, 0.5))``.
+    ``color_jitter`` = c > 0 adds ``ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c/4, 0.5))``,
+    applied (like the flip, pad and crop) to the uint8 tensor: torchvision's tensor kernels.
     Random erasing (:class:`RandomErasing`) has the original's area and aspect distributions and fills the
     erased box with ``mean`` in the normalised tensor, like the original.
     PIL image -> float32 tensor [3, height, width].
@@ -107,7 +111,7 @@ def build_train_transform(
     _check_probability("erasing_p", erasing_p)
     if pad < 0 or color_jitter < 0:
         raise ValueError(f"pad and color_jitter must be >= 0, got pad={pad}, color_jitter={color_jitter}")
-    steps: list[torch.nn.Module] = [v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC)]
+    steps: list[torch.nn.Module] = [v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC), v2.ToImage()]
     if flip_p > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip_p))
     if pad > 0:
@@ -115,7 +119,7 @@ def build_train_transform(
     if color_jitter > 0:
         c = color_jitter
         steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 4, 0.5)))
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     if erasing_p > 0:
         steps.append(RandomErasing(p=erasing_p, value=mean))
     return v2.Compose(steps)
@@ -139,15 +143,17 @@ class Stages:
     """A transform of :func:`build_train_transform` or :func:`build_test_transform`, cut in four.
 
     ``resize`` is deterministic, so its output may be computed once and kept (an image cache);
-    ``per_sample`` holds the random steps on the resized PIL image (flip, pad + crop, colour jitter; None if
-    there are none);
-    ``to_tensor`` (ToImage, ToDtype, Normalize) works element by element, so it gives the same values on a
-    stacked batch as on each image; ``erasing`` (or None) draws per image with :meth:`RandomErasing.draw`.
+    ``per_sample`` holds the random steps on the uint8 tensor after ``ToImage`` (flip, pad + crop, colour
+    jitter; None if there are none), and ``batched`` the same steps for a whole batch with per-image draws
+    (None when one of them cannot be batched: then run ``per_sample`` image by image);
+    ``to_tensor`` (ToDtype, Normalize) works element by element, so it gives the same values on a stacked
+    batch as on each image; ``erasing`` (or None) draws per image with :meth:`RandomErasing.draw`.
     Run in this order with the same draws, the stages compute exactly what the whole transform does.
     """
 
     resize: v2.Resize
     per_sample: v2.Compose | None
+    batched: BatchAugment | None
     to_tensor: v2.Compose
     erasing: RandomErasing | None
 
@@ -156,12 +162,14 @@ def split_stages(transform) -> Stages | None:
     """The :class:`Stages` of a transform built by this module, or None for any other transform."""
     steps = list(transform.transforms) if isinstance(transform, v2.Compose) else []
     kinds = [type(step) for step in steps]
-    if not steps or kinds[0] is not v2.Resize or v2.ToImage not in kinds:
+    if kinds[:2] != [v2.Resize, v2.ToImage] or v2.ToDtype not in kinds:
         return None
-    k = kinds.index(v2.ToImage)
-    tail = steps[k + 3:]
-    if kinds[k:k + 3] != [v2.ToImage, v2.ToDtype, v2.Normalize] or len(tail) > 1 or \
+    k = kinds.index(v2.ToDtype)
+    tail = steps[k + 2:]
+    if kinds[k:k + 2] != [v2.ToDtype, v2.Normalize] or len(tail) > 1 or \
             (tail and not isinstance(tail[0], RandomErasing)):
         return None
-    return Stages(steps[0], v2.Compose(steps[1:k]) if k > 1 else None, v2.Compose(steps[k:k + 3]),
+    random = steps[2:k]
+    batched = BatchAugment(random) if random and all(type(s) in BATCHED_STEPS for s in random) else None
+    return Stages(steps[0], v2.Compose(random) if random else None, batched, v2.Compose(steps[k:k + 2]),
                   tail[0] if tail else None)

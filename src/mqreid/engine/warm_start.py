@@ -36,7 +36,8 @@ from mqreid.data.transforms import build_train_transform
 
 log = logging.getLogger(__name__)
 
-_VERSION = 1  # bump when the training below changes, so cached weights are not reused by mistake
+_VERSION = 2  # bump when the training below changes, so cached weights are not reused by mistake
+# (2: the colour jitter runs on uint8 tensors, torchvision's tensor kernels, instead of PIL images)
 TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")  # torchvision ResNet
 
 
