@@ -73,25 +73,39 @@ def reciprocal_sets(rank: np.ndarray, k: int) -> sp.csr_matrix:
 
 
 def _expanded_sets(rank: np.ndarray, k1: int) -> sp.csr_matrix:
-    """Steps 2-3: binary CSR [N, N] of the expanded k-reciprocal set of every point."""
+    """Steps 2-3: binary CSR [N, N] of the expanded k-reciprocal set of every point.
+
+    The candidate triples (i, c, j), j in R(c, k1/2) for c in R(i, k1), number ~N * 100; they are
+    made for a block of rows at a time (at most ``PAIR_BUDGET * 16`` triples), so memory is the sets
+    plus one block, not ~15 GB at N = 1M.
+    """
     n = rank.shape[0]
     r1 = reciprocal_sets(rank, k1)
     rh = reciprocal_sets(rank, int(np.around(k1 / 2)))
-    i_idx = np.repeat(np.arange(n), np.diff(r1.indptr))  # pairs (i, c), c in R(i, k1)
-    c_idx = r1.indices.astype(np.int64)
-    half_size = np.diff(rh.indptr)[c_idx]
-    members = rh.indices[_ranges(rh.indptr[c_idx], half_size)].astype(np.int64)  # j in R(c, k1/2)
-    pair = np.repeat(np.arange(len(c_idx)), half_size)
-    r1_keys = i_idx * n + c_idx  # sorted: CSR with sorted indices
-    keys = i_idx[pair] * n + members
-    pos = np.minimum(np.searchsorted(r1_keys, keys), len(r1_keys) - 1)
-    inside = r1_keys[pos] == keys
-    overlap = np.bincount(pair, weights=inside, minlength=len(c_idx))
-    accepted = overlap > 2 / 3 * half_size  # same float comparison as the reference
-    extra = np.repeat(accepted, half_size)
-    rows = np.concatenate([i_idx, i_idx[pair[extra]]])
-    cols = np.concatenate([c_idx, members[extra]])
-    return _pattern(rows, cols, n)
+    row_len = np.diff(r1.indptr)
+    r1_keys = np.repeat(np.arange(n, dtype=np.int64), row_len) * n + r1.indices  # sorted (CSR, sorted indices)
+    half_size = np.diff(rh.indptr)[r1.indices]  # per pair (i, c): |R(c, k1/2)|
+    row_of = np.repeat(np.arange(n), row_len)
+    cum = np.concatenate([[0], np.cumsum(np.bincount(row_of, weights=half_size, minlength=n))])
+    indices, counts = [], np.zeros(n, np.int64)
+    i0 = 0
+    while i0 < n:
+        i1 = min(n, max(i0 + 1, int(np.searchsorted(cum, cum[i0] + 16 * PAIR_BUDGET, "right")) - 1))
+        e0, e1 = r1.indptr[i0], r1.indptr[i1]
+        i_idx, c_idx, size = row_of[e0:e1], r1.indices[e0:e1], half_size[e0:e1]
+        members = rh.indices[_ranges(rh.indptr[c_idx], size)].astype(np.int64)  # j in R(c, k1/2)
+        pair = np.repeat(np.arange(e1 - e0), size)
+        keys = i_idx[pair] * n + members
+        pos = np.minimum(np.searchsorted(r1_keys, keys), len(r1_keys) - 1)
+        overlap = np.bincount(pair, weights=r1_keys[pos] == keys, minlength=e1 - e0)
+        accepted = overlap > 2 / 3 * size  # same float comparison as the reference
+        block = np.unique(np.concatenate([r1_keys[e0:e1], keys[np.repeat(accepted, size)]]))  # sorted, distinct
+        indices.append((block % n).astype(r1.indices.dtype))
+        counts[i0:i1] = np.bincount(block // n - i0, minlength=i1 - i0)
+        i0 = i1
+    cols = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix((np.ones(len(cols)), cols, indptr), shape=(n, n))
 
 
 def _pair_similarities(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray,

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from .augment import BATCHED_STEPS, BatchAugment
 
