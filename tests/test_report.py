@@ -325,3 +325,56 @@ def test_module_entry_point(multirun):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Δ final Rank-1" in proc.stdout and (multirun / "report.csv").is_file()
+
+
+def test_effects_of_each_setting_within_and_pooled(tmp_path):
+    """A 2 x 2 grid with known values: memory adds 2 (3 with learnable T), temperature adds 1, plus a per-seed
+    offset that pairing removes."""
+    root = tmp_path / "grid"
+    seed_offset = [0.0, 4.0, -2.0]
+    jitter = {("centroid", "fixed"): [0.0, 0.1, -0.1], ("centroid", "learnable"): [0.2, 0.0, 0.1],
+              ("multi_queue", "fixed"): [0.3, -0.2, 0.0], ("multi_queue", "learnable"): [0.0, 0.4, -0.3]}
+    final = {}
+    num = 0
+    for memory in ("centroid", "multi_queue"):
+        for temp in ("fixed", "learnable"):
+            for seed in range(3):
+                value = 50.0 + seed_offset[seed] + jitter[memory, temp][seed] + (memory == "multi_queue") * 2.0 \
+                    + (temp == "learnable") * 1.0 + (memory == "multi_queue" and temp == "learnable") * 1.0
+                final[memory, temp, seed] = value
+                values = {k: [value] * 3 for k in ("final_mAP", "best_mAP", "final_rank1", "best_rank1")}
+                make_job(root / str(num), [f"memory={memory}", f"temp={temp}", f"seed={seed}", *COMMON],
+                         results_for(values, seed), metrics_for(values, seed))
+                num += 1
+    report = rp.build_report([root], baseline="memory=centroid temp=fixed")
+    got = {(e.key, e.within): e.diff for e in rp.shown_effects(report)}
+    assert set(got) == {("memory", "temp=fixed"), ("memory", "temp=learnable"), ("memory", rp.ALL),
+                        ("temp", "memory=centroid"), ("temp", "memory=multi_queue"), ("temp", rp.ALL)}
+
+    memory_within = {t: [final["multi_queue", t, s] - final["centroid", t, s] for s in range(3)]
+                     for t in ("fixed", "learnable")}
+    temp_within = {m: [final[m, "learnable", s] - final[m, "fixed", s] for s in range(3)]
+                   for m in ("centroid", "multi_queue")}
+    for (key, within), ds in [(("memory", "temp=fixed"), memory_within["fixed"]),
+                              (("memory", "temp=learnable"), memory_within["learnable"]),
+                              (("memory", rp.ALL), memory_within["fixed"] + memory_within["learnable"]),
+                              (("temp", "memory=centroid"), temp_within["centroid"]),
+                              (("temp", rp.ALL), temp_within["centroid"] + temp_within["multi_queue"])]:
+        d = got[key, within]
+        assert d.n_pairs == len(ds)
+        assert d.mean == pytest.approx(statistics.fmean(ds))
+        assert d.se == pytest.approx(statistics.stdev(ds) / math.sqrt(len(ds)))
+        half = stats.t.ppf(0.975, len(ds) - 1) * d.se
+        assert (d.ci_low, d.ci_high) == pytest.approx((d.mean - half, d.mean + half))
+    assert got["memory", rp.ALL].mean == pytest.approx(2.5, abs=0.2)  # 2 and 3, averaged
+    written, _ = rp.write_report(report, tmp_path / "out")
+    rows = list(csv.DictReader((tmp_path / "out" / "report_effects.csv").open()))
+    assert len(rows) == 6 and {r["key"] for r in rows} == {"memory", "temp"}
+    assert "## Effect of each setting" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_no_effects_table_for_a_one_setting_sweep(multirun, tmp_path):
+    report = rp.build_report([multirun])
+    assert rp.shown_effects(report) == [] and "Effect of each setting" not in rp.render_markdown(report)
+    rp.write_report(report, tmp_path)
+    assert not (tmp_path / "report_effects.csv").exists()

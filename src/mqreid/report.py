@@ -320,6 +320,53 @@ def select_baseline(groups: Sequence[Group], spec: str | None) -> Group:
     return matches[0]
 
 
+@dataclass
+class Effect:
+    """The paired difference made by changing one override ``key`` from ``base`` to ``value``, all the other
+    overrides equal: within one combination of the others (``within``), or over all of them (``within`` =
+    ALL, pairs = (combination, seed))."""
+
+    key: str
+    base: str
+    value: str
+    within: str
+    diff: PairedDiff
+
+
+def effects(groups: Sequence[Group], base: Group, metric: str, common: Sequence[str] = ()) -> list[Effect]:
+    """For every override key that takes several values across the groups (and is set in all of them),
+    each value against the baseline group's value: within each combination of the other overrides that
+    both values ran, paired by seed, and pooled over those combinations (a main effect, paired by
+    (combination, seed))."""
+    settings = [dict((override_key(o), o) for o in g.settings) for g in groups]
+    keys = [k for k in settings[0] if all(k in s for s in settings) and len({s[k] for s in settings}) > 1] \
+        if settings else []
+    base_settings = dict((override_key(o), o) for o in base.settings)
+    out = []
+    for key in keys:
+        by_rest: dict[tuple[str, ...], dict[str, Group]] = {}
+        for g, s in zip(groups, settings):
+            rest = tuple(sorted(o for k, o in s.items() if k != key))
+            by_rest.setdefault(rest, {})[s[key]] = g
+        values = sorted({s[key] for s in settings} - {base_settings[key]}, key=_natural)
+        for value in values:
+            pooled_v, pooled_b = {}, {}
+            for rest, members in sorted(by_rest.items(), key=lambda kv: _natural(" ".join(kv[0]))):
+                if value not in members or base_settings[key] not in members:
+                    continue
+                v = members[value].per_seed("final", metric)
+                b = members[base_settings[key]].per_seed("final", metric)
+                within = " ".join(o for o in rest if o not in common) or ALL
+                out.append(Effect(key, override_value(base_settings[key]), override_value(value), within,
+                                  paired_difference(v, b)))
+                pooled_v.update({f"{within} seed={seed}": x for seed, x in v.items()})
+                pooled_b.update({f"{within} seed={seed}": x for seed, x in b.items()})
+            if len({e.within for e in out if e.key == key and e.value == override_value(value)}) > 1:
+                out.append(Effect(key, override_value(base_settings[key]), override_value(value), ALL,
+                                  paired_difference(pooled_v, pooled_b)))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the report
 @dataclass
 class Row:
@@ -342,6 +389,7 @@ class Report:
     common: tuple[str, ...]
     excluded: list[Job]
     notes: list[str]
+    effects: list[Effect]
 
     @property
     def columns(self) -> list[str]:
@@ -373,7 +421,8 @@ def build_report(roots: Sequence[str | Path], baseline: str | None = None, metri
         stats = {(stage, m): mean_std(j.value(stage, m) for j in group.jobs) for stage in STAGES for m in columns}
         rows.append(Row(group, stats, paired_difference(group.per_seed("final", metric), base_values),
                         group is base))
-    return Report(roots, metric, rows, base, common, excluded, _notes(groups, base, metric, columns))
+    return Report(roots, metric, rows, base, common, excluded, _notes(groups, base, metric, columns),
+                  effects(groups, base, metric, common))
 
 
 def _notes(groups: Sequence[Group], base: Group, metric: str, columns: Sequence[str]) -> list[str]:
@@ -432,6 +481,25 @@ def render_table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def shown_effects(report: Report) -> list[Effect]:
+    """The effects worth a table of their own: only when at least two overrides vary (with one, the main
+    table's paired differences are the effects already)."""
+    return report.effects if len({e.key for e in report.effects}) > 1 else []
+
+
+def render_effects(report: Report) -> str:
+    m = NAMES[report.metric]
+    head = ["change", "within", f"Δ final {m}", "SE", "95% CI", "pairs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in shown_effects(report):
+        d = e.diff
+        ci = f"[{d.ci_low:+.2f}, {d.ci_high:+.2f}]" if math.isfinite(d.ci_low) else ""
+        within = "**all (pooled)**" if e.within == ALL else e.within
+        lines.append(f"| {e.key}: {e.base} → {e.value} | {within} | {_fmt(d.mean, '+.2f') or '–'} | "
+                     f"{_fmt(d.se, '.2f')} | {ci} | {d.n_pairs} |")
+    return "\n".join(lines)
+
+
 def _short(job: Job, common: Sequence[str]) -> str:
     return " ".join(o for o in job.overrides if o not in common) or ALL
 
@@ -450,8 +518,14 @@ def render_markdown(report: Report) -> str:
             f"values. Δ final {m}: the mean over the seeds both the group and the baseline ran of (group - "
             f"baseline), i.e. a paired difference; SE: the standard deviation of those differences / √pairs; "
             f"95% CI: Δ ± t(0.975, pairs - 1) × SE (Student's t); pairs: the seeds used. SE and CI need at "
-            f"least 2 pairs. No correction for comparing several groups is applied.", "",
-            "## Excluded jobs", ""]
+            f"least 2 pairs. No correction for comparing several groups is applied.", ""]
+    if shown_effects(report):
+        out += ["## Effect of each setting", "",
+                f"Each override that varies, changed from the baseline's value with every other override equal: "
+                f"the paired difference of the final {m} within each combination of the others (pairs: seeds), "
+                f"and pooled over the combinations (pairs: combination and seed; its SE includes how the effect "
+                f"varies between combinations).", "", render_effects(report), ""]
+    out += ["## Excluded jobs", ""]
     if report.excluded:
         for job in report.excluded:
             last = job.last_epoch()
@@ -533,11 +607,25 @@ def plot_curves(report: Report, path: str | Path) -> str | None:
     return None
 
 
+def render_effects_csv(report: Report) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["key", "base", "value", "within", "diff_mean", "diff_se", "ci_low", "ci_high", "n_pairs"])
+    for e in shown_effects(report):
+        d = e.diff
+        writer.writerow([e.key, e.base, e.value, e.within, _fmt(d.mean), _fmt(d.se), _fmt(d.ci_low), _fmt(d.ci_high),
+                         d.n_pairs])
+    return buf.getvalue()
+
+
 def write_report(report: Report, out_dir: str | Path) -> tuple[list[Path], list[str]]:
     """Write report.md, report.csv and report.png into ``out_dir``; returns the files written and warnings."""
     out_dir = Path(out_dir)
     written, warnings = [], []
-    for name, text in (("report.md", render_markdown(report)), ("report.csv", render_csv(report))):
+    texts = [("report.md", render_markdown(report)), ("report.csv", render_csv(report))]
+    if shown_effects(report):
+        texts.append(("report_effects.csv", render_effects_csv(report)))
+    for name, text in texts:
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text)
         written.append(out_dir / name)

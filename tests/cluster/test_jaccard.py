@@ -6,6 +6,7 @@ import scipy.sparse as sp
 import torch
 
 from mqreid.cluster import jaccard_distance
+from mqreid.cluster import jaccard
 from mqreid.cluster.jaccard import min_overlap
 
 
@@ -78,6 +79,18 @@ def test_matches_dense_reference(k1, k2):
     stored[graph.tocoo().row, graph.tocoo().col] = True
     assert np.array_equal(stored, ref < 1 - 1e-6)
     assert np.all(graph.diagonal() == 0) and graph.has_canonical_format
+
+
+@pytest.mark.parametrize("budget", [1, 7, 64])
+def test_blocks_do_not_change_the_graph(monkeypatch, budget):
+    """The expansion and overlap steps work in blocks of rows (PAIR_BUDGET); blocks of any size give the same
+    graph as one block."""
+    x = blobs(n=300, seed=5)
+    whole = jaccard_distance(x, k1=20, k2=6, knn="torch")
+    monkeypatch.setattr(jaccard, "PAIR_BUDGET", budget)
+    blocked = jaccard_distance(x, k1=20, k2=6, knn="torch")
+    assert np.array_equal(whole.indptr, blocked.indptr) and np.array_equal(whole.indices, blocked.indices)
+    assert np.array_equal(whole.data, blocked.data)
 
 
 def test_symmetric():
