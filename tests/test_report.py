@@ -367,7 +367,7 @@ def test_effects_of_each_setting_within_and_pooled(tmp_path):
         half = stats.t.ppf(0.975, len(ds) - 1) * d.se
         assert (d.ci_low, d.ci_high) == pytest.approx((d.mean - half, d.mean + half))
     assert got["memory", rp.ALL].mean == pytest.approx(2.5, abs=0.2)  # 2 and 3, averaged
-    written, _ = rp.write_report(report, tmp_path / "out")
+    rp.write_report(report, tmp_path / "out")
     rows = list(csv.DictReader((tmp_path / "out" / "report_effects.csv").open()))
     assert len(rows) == 6 and {r["key"] for r in rows} == {"memory", "temp"}
     assert "## Effect of each setting" in (tmp_path / "out" / "report.md").read_text()

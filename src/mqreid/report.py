@@ -338,10 +338,10 @@ def effects(groups: Sequence[Group], base: Group, metric: str, common: Sequence[
     each value against the baseline group's value: within each combination of the other overrides that
     both values ran, paired by seed, and pooled over those combinations (a main effect, paired by
     (combination, seed))."""
-    settings = [dict((override_key(o), o) for o in g.settings) for g in groups]
+    settings = [{override_key(o): o for o in g.settings} for g in groups]
     keys = [k for k in settings[0] if all(k in s for s in settings) and len({s[k] for s in settings}) > 1] \
         if settings else []
-    base_settings = dict((override_key(o), o) for o in base.settings)
+    base_settings = {override_key(o): o for o in base.settings}
     out = []
     for key in keys:
         by_rest: dict[tuple[str, ...], dict[str, Group]] = {}
@@ -520,11 +520,11 @@ def render_markdown(report: Report) -> str:
             f"95% CI: Δ ± t(0.975, pairs - 1) × SE (Student's t); pairs: the seeds used. SE and CI need at "
             f"least 2 pairs. No correction for comparing several groups is applied.", ""]
     if shown_effects(report):
-        out += ["## Effect of each setting", "",
-                f"Each override that varies, changed from the baseline's value with every other override equal: "
-                f"the paired difference of the final {m} within each combination of the others (pairs: seeds), "
-                f"and pooled over the combinations (pairs: combination and seed; its SE includes how the effect "
-                f"varies between combinations).", "", render_effects(report), ""]
+        explained = (f"Each override that varies, changed from the baseline's value with every other override "
+                     f"equal: the paired difference of the final {m} within each combination of the others (pairs: "
+                     f"seeds), and pooled over the combinations (pairs: combination and seed; its SE includes how "
+                     f"the effect varies between combinations).")
+        out += ["## Effect of each setting", "", explained, "", render_effects(report), ""]
     out += ["## Excluded jobs", ""]
     if report.excluded:
         for job in report.excluded:
