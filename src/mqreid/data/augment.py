@@ -132,6 +132,8 @@ class BatchAugment:
         """uint8 [B, 3, H, W] -> uint8 [B, 3, H', W'], image i with ``draws[i]`` (from :meth:`draw`)."""
         if len(draws) != len(images):
             raise ValueError(f"BatchAugment.apply: {len(draws)} draws for {len(images)} images")
+        if len(images) == 0:
+            return images
         for k, step in enumerate(self.steps):
             params = [d[k] for d in draws]
             if isinstance(step, v2.RandomHorizontalFlip):
