@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=2, help="times each measurement is taken (the best is reported)")
     p.add_argument("--market", type=int, default=0, metavar="N",
                    help="instead, time only the loader alone on N temporary 256x128 JPEGs")
+    p.add_argument("--only", choices=("train", "extract"), default=None,
+                   help="measure only the training rows or only the extraction rows")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -197,7 +199,7 @@ def report(args: argparse.Namespace, trainer: Trainer) -> dict:
     shape = (3, input_cfg.height, input_cfg.width)
     n = len(trainer.dataset.train)
     rows: list[dict] = market_rows(trainer, args.market, workers, args.repeat) if args.market else measure_all(
-        trainer, workers, shape, args.repeat)
+        trainer, workers, shape, args.repeat, args.only)
     setup = {"threads": torch.get_num_threads(), "cores": available_cores(),
              "batch_size": train_cfg.batch_size, "test_batch_size": train_cfg.test_batch_size,
              "iters": train_cfg.iters, "input": [input_cfg.height, input_cfg.width], "train_images": n,
@@ -217,9 +219,20 @@ def report(args: argparse.Namespace, trainer: Trainer) -> dict:
     return result
 
 
-def measure_all(trainer: Trainer, workers: list[int], shape: tuple[int, ...], repeat: int) -> list[dict]:
+def measure_all(trainer: Trainer, workers: list[int], shape: tuple[int, ...], repeat: int,
+                only: str | None = None) -> list[dict]:
     labels = np.unique(id_arrays(trainer.dataset.train)[0], return_inverse=True)[1]
     features = trainer.extract(trainer.dataset.train)  # also warms up the model
+    rows: list[dict] = []
+    if only != "extract":
+        rows += measure_train(trainer, workers, shape, repeat, labels, features)
+    if only != "train":
+        rows += measure_extract(trainer, workers, shape, repeat)
+    return rows
+
+
+def measure_train(trainer: Trainer, workers: list[int], shape: tuple[int, ...], repeat: int, labels: np.ndarray,
+                  features: torch.Tensor) -> list[dict]:
     trainer.build_memory(features, labels, 0)
     ready = ReadyBatches(trainer.train_loader(0, labels), labels, shape)
     time_train_epoch(trainer, labels, ready)  # warm-up
@@ -237,6 +250,11 @@ def measure_all(trainer: Trainer, workers: list[int], shape: tuple[int, ...], re
         rows.append({"measure": "train step with loader", "workers": w, "reference": alone,
                      "img_s": best_of(repeat, lambda: time_train_epoch(trainer, labels),
                                       f"train step with loader, {w} workers")})
+    return rows
+
+
+def measure_extract(trainer: Trainer, workers: list[int], shape: tuple[int, ...], repeat: int) -> list[dict]:
+    rows: list[dict] = []
     n = len(trainer.dataset.train)
     extract_alone = best_of(repeat, lambda: time_extract_alone(trainer, n, shape), "extraction, model alone")
     rows.append({"measure": "extraction, model alone", "workers": None, "img_s": extract_alone})
