@@ -140,7 +140,7 @@ def time_extract_alone(trainer: Trainer, n: int, shape: tuple[int, ...]) -> floa
     batches = [(torch.randn(min(size, n - s), *shape, generator=gen), None, None, torch.arange(s, min(s + size, n)))
                for s in range(0, n, size)]
     start = time.perf_counter()
-    extract_features(trainer.model, batches, trainer.device, flip=trainer.cfg.eval.flip, amp=False, progress=False)
+    extract_features(trainer.model, batches, trainer.device, flip=trainer.cfg.eval.flip, precision=trainer.precision, progress=False)
     return rate(n, time.perf_counter() - start)
 
 

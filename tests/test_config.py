@@ -65,7 +65,7 @@ def test_presets_map_the_original_flags():
     assert cfg.backbone.arch == "resnet50" and cfg.train.batch_size == 256 and cfg.train.num_instances == 16
     # the original's sampler, BatchNorm over 64 images (4 GPUs at 256), fp32, unnormalised queue init,
     # and the learned raw temperature at lr x tlr with the optimiser's weight decay
-    assert cfg.train.sampler == "random_multiple_gallery" and cfg.train.bn_group == 64 and not cfg.train.amp
+    assert cfg.train.sampler == "random_multiple_gallery" and cfg.train.bn_group == 64 and cfg.train.precision == "fp32"
     assert cfg.memory.init == "centroid" and cfg.memory.queue_size == 16
     assert cfg.temp.tlr == 0.01 and cfg.temp.weight_decay is None and cfg.optim.optimizer.weight_decay == 5e-4
     cfg = compose_config(["experiment=msmt17_dbscan"])

@@ -137,10 +137,10 @@ def run_eps_sweep(checkpoint: str | Path, eps_values: Sequence[float] | None = N
     train_cfg, eval_cfg = config.get("train", {}), config.get("eval", {})
     features = extract_items(model.network, items, model.transform, model.device, batch_size=batch_size,
                              num_workers=num_workers, flip=bool(eval_cfg.get("flip", False)),
-                             amp=bool(train_cfg.get("amp", False)),
+                             precision=model.precision,
                              progress=progress, desc="extract train")
     if train_cfg.get("camera_centering", False):
-        features = camera_centering(features, torch.tensor([it.camid for it in items]))
+        features = camera_centering(features, torch.tensor([it.camid for it in items], device=features.device))
     true = np.array([it.pid for it in items]) if dataset.train_labels_known else None
     clusterer = DBSCANClusterer(**params)
     rows = clusterer.sweep_eps(features.to(model.device), eps_values, true_labels=true)

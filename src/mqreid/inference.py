@@ -28,6 +28,7 @@ from mqreid.data.transforms import build_test_transform
 from mqreid.engine.checkpoint import load_checkpoint
 from mqreid.engine.distributed import resolve_device
 from mqreid.evaluation import pairwise_distance
+from mqreid.models.precision import autocast, stored_precision
 
 __all__ = ["ReIDModel", "rank_gallery"]
 
@@ -62,6 +63,8 @@ class ReIDModel:
         self.transform = build_test_transform(height, width)
         self.batch_size = batch_size
         self.config: dict[str, Any] = dict(config or {})
+        # the precision the network was trained in (train.precision): every embedding is computed in it
+        self.precision = stored_precision(self.config)
         self.path: str | None = None
         self._input_size = (height, width)
         self._embedding_dim: int | None = getattr(network, "embedding_dim", None)
@@ -163,7 +166,7 @@ class ReIDModel:
 
     def _forward(self, batch: Tensor) -> Tensor:
         """Normalised batch [B, 3, H, W] -> embeddings [B, D] float32 on the CPU."""
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.precision):
             out = self.network(batch.to(self.device))
         if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
             raise ValueError(f"the network must return embeddings [B, D], got "

@@ -87,3 +87,27 @@ def test_torchrun_command_line(data_root, tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_four_ranks_with_batchnorm_groups_spanning_processes(tiny_cfg, tmp_path):
+    """debug=fast's layout at 4 processes: batch 16, BN groups of 8, so each process holds 4 images and every
+    group spans two processes. Epoch 1 clusters the same features and trains the same steps as 1 process."""
+    cfg = tiny_cfg(TINY_EPS, "train.epochs=1", "train.iters=3")
+    mp.spawn(_worker, args=(4, _free_port(), cfg, str(tmp_path)), nprocs=4, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(4)]
+    for k in ranks[0]["model"]:  # BN running statistics are averaged after the epoch: every rank agrees
+        assert all(torch.equal(ranks[0]["model"][k], r["model"][k]) for r in ranks[1:]), k
+
+    from mqreid.engine.trainer import Trainer
+
+    single_cfg = cfg.copy()
+    single_cfg.run_dir = str(tmp_path / "single")
+    trainer = Trainer(single_cfg, single_cfg.run_dir)
+    trainer.fit()
+    four, one = ([json.loads(line) for line in open(d / "metrics.jsonl")][1] for d in (tmp_path / "run",
+                                                                                      tmp_path / "single"))
+    assert four["clusters"] == one["clusters"] >= 2 and four["outlier_ratio"] == one["outlier_ratio"]
+    assert four["loss"] == pytest.approx(one["loss"], rel=1e-3)
+    for k, v in trainer.model.state_dict().items():
+        assert torch.allclose(ranks[0]["model"][k].float(), v.float(), atol=1e-3), k

@@ -56,3 +56,71 @@ def test_convert_keeps_weights_frozen_flags_and_whole_model_output():
     expected = torch.cat([ref.train()(part) for part in x.split(2)])
     assert torch.allclose(out, expected, atol=1e-5)
     assert convert_ghost_bn(ref, None) is ref
+
+
+def _spanning_worker(rank, world, port, x, out_dir):
+    """One of ``world`` processes holding slice ``rank`` of ``x``; BN groups of 64 span them all (or pairs)."""
+    import os
+
+    import torch.distributed as dist
+
+    from mqreid.engine.distributed import group_of_consecutive_ranks
+    from mqreid.models.ghost_bn import set_process_group
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    per = x.shape[0] // world
+    span = 32 // per  # groups of 32 images
+    model = _net()
+    set_process_group(model, group_of_consecutive_ranks(span), span)
+    part = x[rank * per:(rank + 1) * per].clone().requires_grad_(True)
+    out = model(part)
+    # the loss of the global batch is the mean over ranks of each rank's loss: DDP's gradient averaging
+    (out.pow(2).sum() * world / x.shape[0]).backward()
+    grads = [p.grad for p in model.parameters()]
+    for g in grads:
+        dist.all_reduce(g)
+        g /= world
+    torch.save({"out": out.detach(), "x_grad": part.grad, "grads": grads,
+                "running": [b for n, b in model.named_buffers() if "running" in n]},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _net():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.BatchNorm2d(5))
+    return convert_ghost_bn(net, 32).train()
+
+
+@pytest.mark.slow
+def test_groups_spanning_processes_equal_one_process(tmp_path):
+    """4 processes x 16 images with BN groups of 32 (each group spread over two processes) compute the forward
+    pass, the gradients and the running statistics of 1 process x 64 images."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 6) * 2 + 0.5
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_spanning_worker, args=(4, port, x, str(tmp_path)), nprocs=4, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(4)]
+    model = _net()
+    x1 = x.clone().requires_grad_(True)
+    out = model(x1)
+    out.pow(2).sum().div(x.shape[0]).backward()
+    assert torch.allclose(torch.cat([r["out"] for r in ranks]), out.detach(), atol=1e-5)
+    # each rank's input gradient is that of the sum of the ranks' losses (the statistics' all-reduce sums
+    # the gradients in backward); DDP's averaging of the parameter gradients divides by the world size
+    assert torch.allclose(torch.cat([r["x_grad"] for r in ranks]) / 4, x1.grad, atol=1e-7)
+    for got, ref in zip(ranks[0]["grads"], [p.grad for p in model.parameters()]):
+        assert torch.allclose(got, ref, atol=1e-5)
+    ref_running = [b for n, b in model.named_buffers() if "running" in n]
+    for j, ref in enumerate(ref_running):  # ranks of one group agree; the mean over groups is one process's
+        mean = torch.stack([r["running"][j] for r in ranks]).mean(0)
+        assert torch.allclose(mean, ref, atol=1e-6)
+        assert torch.allclose(ranks[0]["running"][j], ranks[1]["running"][j])

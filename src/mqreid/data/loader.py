@@ -88,6 +88,51 @@ class ImageCache:
         return stages if all(str(item[0]) in self.rows for item in items) else None
 
 
+def finish_batch(images: torch.Tensor, boxes: torch.Tensor | None, stages: Stages) -> torch.Tensor:
+    """The last steps of a cached batch, on the device ``images`` is on: uint8 [B, 3, H, W] -> conversion and
+    normalisation, then random erasing of each image's box (``boxes`` [B, 4] = top, left, h, w; a row of -1:
+    none). The values are those of the per-image transform."""
+    images = stages.to_tensor(images.contiguous()).as_subclass(torch.Tensor)
+    if stages.erasing is None or boxes is None or boxes.numel() == 0:
+        return images
+    top, left, h, w = (boxes[:, j].view(-1, 1, 1) for j in range(4))
+    height, width = images.shape[-2:]
+    ys = torch.arange(height, device=images.device).view(1, -1, 1)
+    xs = torch.arange(width, device=images.device).view(1, 1, -1)
+    inside = (ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w) & (h > 0)  # [B, H, W]
+    value = stages.erasing.value.to(images)[None, :, None, None]
+    return torch.where(inside.unsqueeze(1), value, images)
+
+
+class DeviceBatches:
+    """A loader whose batches are moved to ``device`` and finished there.
+
+    Cached batches arrive as uint8 with their erasing boxes (:class:`CachedBatches` with ``finish=False``):
+    the copy to the device is a quarter of the float32 bytes (pinned and ``non_blocking`` on CUDA), and
+    conversion, normalisation and erasing run on the device (:func:`finish_batch`). Batches from files
+    arrive finished and are only moved. Yields ``(images, pids, camids, indices)`` with the images on
+    ``device`` and the rest as the loader gave them.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device | str = "cpu", stages: Stages | None = None) -> None:
+        self.loader, self.device, self.stages = loader, torch.device(device), stages
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, pids, camids, indices, *boxes in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            if images.dtype == torch.uint8 and self.stages is not None:
+                box = boxes[0].to(self.device, non_blocking=True) if boxes else None
+                images = finish_batch(images, box, self.stages)
+            yield images, pids, camids, indices
+
+
 class CachedBatches(Dataset):
     """Whole batches from an :class:`ImageCache`: ``dataset[[i, ...]]`` or ``dataset[[(i, key), ...]]`` ->
     ``(images [B, 3, H, W], pids [B], camids [B], indices [B])``, the batch a DataLoader over
@@ -97,10 +142,14 @@ class CachedBatches(Dataset):
     key (as :class:`ImageDataset` does); the steps then run on the whole uint8 batch
     (:class:`~mqreid.data.augment.BatchAugment`), as do conversion and normalisation, and erasing fills
     each image's box. Without random steps (a test transform) a batch is one gather and one normalisation.
+
+    ``finish=False`` stops before conversion: batches are ``(uint8 images, pids, camids, indices, boxes
+    [B, 4])`` and :func:`finish_batch` (run by :class:`DeviceBatches` on the model's device) does the rest.
     """
 
-    def __init__(self, cache: ImageCache, items: Sequence[ImageItem], stages: Stages, indices: Sequence[int]) -> None:
-        self.cache, self.stages = cache, stages
+    def __init__(self, cache: ImageCache, items: Sequence[ImageItem], stages: Stages, indices: Sequence[int],
+                 finish: bool = True) -> None:
+        self.cache, self.stages, self.finish = cache, stages, finish
         self.rows = torch.tensor([cache.rows[str(item[0])] for item in items], dtype=torch.long)
         self.pids = torch.tensor([int(item[1]) for item in items], dtype=torch.long)
         self.camids = torch.tensor([int(item[2]) for item in items], dtype=torch.long)
@@ -116,11 +165,12 @@ class CachedBatches(Dataset):
         boxes = []
         if self.random:
             images, boxes = self._augment(images, batch)
-        images = self.stages.to_tensor(images.contiguous()).as_subclass(torch.Tensor)
-        for j, box in enumerate(boxes):
-            if box is not None:
-                images[j] = self.stages.erasing.erase(images[j], box)
-        return images, self.pids[positions], self.camids[positions], self.indices[positions]
+        box_rows = torch.tensor([box if box is not None else (-1, -1, -1, -1) for box in boxes],
+                                dtype=torch.long).reshape(-1, 4)
+        if self.finish:
+            images = finish_batch(images, box_rows, self.stages)
+            return images, self.pids[positions], self.camids[positions], self.indices[positions]
+        return images.contiguous(), self.pids[positions], self.camids[positions], self.indices[positions], box_rows
 
     def _augment(self, images: torch.Tensor, batch: Sequence[int | tuple[int, int]]) -> tuple[torch.Tensor, list]:
         """The random steps before normalisation, and the erasing boxes: each image's draws in the per-image
@@ -199,7 +249,8 @@ def build_train_loader(
     world_size: int = 1,
     pin_memory: bool = False,
     cache: ImageCache | None = None,
-) -> DataLoader:
+    device: torch.device | str = "cpu",
+) -> DeviceBatches:
     """PK-sampled loader over the pseudo-labelled items, yielding exactly ``iters`` batches per epoch.
 
     Args:
@@ -214,7 +265,8 @@ def build_train_loader(
     ``num_workers``.
 
     When ``cache`` holds every item (and ``transform`` is one of :mod:`~mqreid.data.transforms`'), images
-    come from memory as whole batches (:class:`CachedBatches`): the same tensors as from the files.
+    come from memory as whole batches (:class:`CachedBatches`): the same tensors as from the files, with
+    conversion, normalisation and erasing on ``device`` (:class:`DeviceBatches`).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"train.sampler={sampler!r} is unknown; valid choices: {', '.join(SAMPLERS)}")
@@ -232,18 +284,19 @@ def build_train_loader(
     index_sampler.set_epoch(epoch)
     stages = cache.holds(kept, transform) if cache is not None else None
     if stages is not None:
-        return DataLoader(CachedBatches(cache, kept, stages, keep.tolist()), batch_size=None,
-                          sampler=BatchSampler(index_sampler, batch_size // world_size, drop_last=True),
-                          num_workers=num_workers, pin_memory=pin_memory)
+        return DeviceBatches(DataLoader(CachedBatches(cache, kept, stages, keep.tolist(), finish=False),
+                                        batch_size=None,
+                                        sampler=BatchSampler(index_sampler, batch_size // world_size, drop_last=True),
+                                        num_workers=num_workers, pin_memory=pin_memory), device, stages)
     dataset = ImageDataset(kept, transform, indices=keep.tolist())
-    return DataLoader(
+    return DeviceBatches(DataLoader(
         dataset,
         batch_size=batch_size // world_size,
         sampler=index_sampler,
         drop_last=True,
         num_workers=num_workers,
         pin_memory=pin_memory,
-    )
+    ), device)
 
 
 def build_test_loader(
@@ -255,13 +308,15 @@ def build_test_loader(
     rank: int = 0,
     world_size: int = 1,
     cache: ImageCache | None = None,
-) -> DataLoader:
+    device: torch.device | str = "cpu",
+    pin_memory: bool = False,
+) -> DeviceBatches:
     """Sequential loader; with ``world_size`` > 1 rank r reads the contiguous block r of ``items``.
 
     Blocks are ``items[r * N // W : (r + 1) * N // W]``, so concatenating the ranks' outputs in rank order
     restores the order of ``items``; the index field is the global index into ``items`` either way.
-    When ``cache`` holds the block, a batch is one gather and one normalisation in this process
-    (``num_workers`` is not used: there is nothing to decode).
+    When ``cache`` holds the block, a batch is one gather in this process (``num_workers`` is not used:
+    there is nothing to decode), copied as uint8 and normalised on ``device`` (:class:`DeviceBatches`).
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world size {world_size}), got {rank}")
@@ -271,6 +326,8 @@ def build_test_loader(
     stages = cache.holds(block, transform) if cache is not None else None
     if stages is not None:
         batches = BatchSampler(SequentialSampler(block), batch_size, drop_last=False)
-        return DataLoader(CachedBatches(cache, block, stages, range(start, stop)), batch_size=None, sampler=batches)
+        return DeviceBatches(DataLoader(CachedBatches(cache, block, stages, range(start, stop), finish=False),
+                                        batch_size=None, sampler=batches, pin_memory=pin_memory), device, stages)
     dataset = ImageDataset(block, transform, indices=range(start, stop))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return DeviceBatches(DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                    pin_memory=pin_memory), device)

@@ -8,11 +8,16 @@ LOCAL_RANK; the backend is NCCL on CUDA and gloo on CPU.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("mqreid")
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,15 @@ class DistEnv:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def local_world_size(self) -> int:
+        """Processes on this node (torchrun's LOCAL_WORLD_SIZE; SLURM's tasks per node), at least 1."""
+        for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+            value = os.environ.get(key, "")
+            if value.isdigit() and int(value) >= 1:
+                return min(int(value), self.world_size)
+        return 1 if self.world_size == 1 else self.world_size
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -57,6 +71,8 @@ def init_distributed(device_name: str = "auto", timeout_min: int = 60) -> tuple[
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=timeout_min))
+        log.info("process group: %d processes (%s), collective timeout %d min (dist_timeout_min)", world,
+                 dist.get_backend(), timeout_min)
     return env, device
 
 
@@ -67,16 +83,57 @@ def current_env() -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def group_of_consecutive_ranks(span: int):
+    """The process group of this rank's block of ``span`` consecutive ranks (``None``, the default group, when
+    it is every rank). Every rank must call this with the same ``span``: each block's group is created on
+    all ranks."""
+    env = current_env()
+    if span <= 1 or not env.enabled:
+        return None
+    if env.world_size % span:
+        raise ValueError(f"cannot split {env.world_size} processes into blocks of {span}")
+    if span == env.world_size:
+        return None
+    groups = [dist.new_group(list(range(start, start + span))) for start in range(0, env.world_size, span)]
+    return groups[env.rank // span]
+
+
+@contextmanager
+def main_works_alone(env: DistEnv, threads: int) -> Iterator[None]:
+    """While rank 0 works alone (clustering, the warm start) and the other ranks wait, let it use
+    ``threads`` threads (the node's cores): torchrun starts each process with OMP_NUM_THREADS=1. Restores the
+    previous limits afterwards; a no-op in a single process."""
+    if not env.enabled or not env.is_main:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # numpy's BLAS and OpenMP pools (scikit-learn's dependency)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
-def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` [n_r, ...] from every rank along dim 0, in rank order (sizes may differ)."""
+def all_gather_cat(tensor: torch.Tensor, same_size: bool = False) -> torch.Tensor:
+    """Concatenate ``tensor`` [n_r, ...] from every rank along dim 0, in rank order (sizes may differ).
+
+    ``same_size=True`` (every rank holds as many rows, e.g. a training step's slice of the global batch)
+    skips the exchange of sizes, which waits on the host."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
     world = dist.get_world_size()
+    if same_size:
+        out = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(out, tensor.contiguous())
+        return torch.cat(out)
     n = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
@@ -86,6 +143,23 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded.contiguous())
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
+
+
+def gather_cat(tensor: torch.Tensor, dst: int = 0) -> torch.Tensor | None:
+    """Like :func:`all_gather_cat`, but only rank ``dst`` receives the result (the others get None), so the
+    whole matrix exists in one process only."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    world = dist.get_world_size()
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    out = [torch.empty_like(padded) for _ in range(world)] if dist.get_rank() == dst else None
+    dist.gather(padded.contiguous(), out, dst=dst)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)]) if out is not None else None
 
 
 def broadcast_object(obj, src: int = 0):

@@ -53,13 +53,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     transform = build_test_transform(height, width)
     features = {split: extract_items(model, getattr(dataset, split), transform, device,
                                      batch_size=eval_cfg.batch_size, num_workers=resolve_workers(eval_cfg.num_workers),
-                                     flip=eval_cfg.flip, amp=device.type == "cuda", progress=cfg.progress,
+                                     flip=eval_cfg.flip, precision=reid.precision, progress=cfg.progress,
                                      desc=split) for split in ("query", "gallery")}
     (query_pids, query_cams), (gallery_pids, gallery_cams) = id_arrays(dataset.query), id_arrays(dataset.gallery)
     rows = evaluate_retrieval(features["query"], features["gallery"], query_pids, gallery_pids, query_cams,
                               gallery_cams, metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1,
                               k2=eval_cfg.k2, lambda_value=eval_cfg.lambda_value, device=device)
-    log.info("%s on %s (%dx%d input)\n%s", checkpoint, dataset.name, height, width, format_table(rows))
+    log.info("%s on %s (%dx%d input, %s as trained)\n%s", checkpoint, dataset.name, height, width, reid.precision,
+             format_table(rows))
     out = Path(to_absolute_path(cfg.output)) if cfg.output else \
         Path(checkpoint).with_name(f"{Path(checkpoint).stem}_eval_{dataset.name}.json")
     if eval_cfg.visualize:
@@ -67,7 +68,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
                                eval_cfg.visualize, eval_cfg.metric)
         if picture is not None:
             log.info("wrote %s", picture)
-    result = {"checkpoint": checkpoint, "dataset": dataset.name, "input": [height, width], **rows}
+    result = {"checkpoint": checkpoint, "dataset": dataset.name, "input": [height, width],
+              "precision": reid.precision, **rows}
     write_json_atomic(out, result)
     log.info("wrote %s", out)
     return result

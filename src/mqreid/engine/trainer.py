@@ -31,21 +31,24 @@ from mqreid.data.base import id_arrays
 from mqreid.data.loader import ImageCache, build_train_loader
 from mqreid.data.transforms import build_test_transform, build_train_transform, split_stages
 from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
-from mqreid.models.ghost_bn import convert_ghost_bn
+from mqreid.models.ghost_bn import convert_ghost_bn, set_process_group
+from mqreid.models.precision import autocast, needs_scaler
 
 from . import distributed, pictures, warm_start
 from .checkpoint import FORMAT_VERSION, load_checkpoint, to_json, write_atomic, write_json_atomic
 from .features import extract_items
-from .validate import ConfigError, available_cores, batch_layout_problems, resolve_workers, validate_config
+from .validate import (ConfigError, available_cores, batch_layout_problems, bn_span, deterministic_problems,
+                       resolve_workers, validate_config)
 
 log = logging.getLogger("mqreid")
 
 RANKING_KEYS = ("mAP", "rank1", "rank5", "rank10")
+PROGRESS_EVERY = 20  # steps between two reads of the loss for the progress bar (each read waits on the device)
 # settings that may change when a run is resumed: they do not change what is trained
 RESUMABLE_CHANGES = ("resume", "progress", "device", "data_root", "dataset.root", "dataset.on_bad_image",
                      "dataset._convert_", "logger", "eval.every",
                      "train.num_workers", "train.test_batch_size", "train.epochs", "run_dir",
-                     "train.cache_images", "train.cache_limit_mb")
+                     "train.cache_images", "train.cache_limit_mb", "dist_timeout_min")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -84,16 +87,31 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1000 + epoch
 
 
-def set_deterministic(enabled: bool) -> None:
+def set_deterministic(enabled: bool, on_cuda: bool = False) -> None:
     """``train.deterministic``: deterministic algorithms everywhere (CUDA: cuDNN without autotuning and
-    deterministic cuBLAS workspaces; ops without a deterministic kernel raise). CPU runs are reproducible
-    without it."""
+    deterministic cuBLAS workspaces; ops without a deterministic kernel raise, which the start-up check
+    rules out for mqreid's own settings). CPU runs are reproducible without it. Otherwise, on CUDA, cuDNN
+    picks the fastest convolution algorithms for the (fixed) input size (``cudnn.benchmark``).
+
+    Matrix products stay full float32 (no TF32) in every mode: the exact kNN of the clustering relies on it;
+    convolutions follow PyTorch's default (TF32 on Ampere and newer), see :mod:`mqreid.models.precision`."""
+    torch.backends.cuda.matmul.allow_tf32 = False
     if not enabled:
+        torch.backends.cudnn.benchmark = on_cuda
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read by cuBLAS at its first use
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+def numerics(device: torch.device) -> dict[str, Any]:
+    """The switches that decide what "float32" means on ``device`` (recorded with every run)."""
+    if device.type != "cuda":
+        return {}
+    return {"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(device),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def library_versions() -> dict[str, str]:
@@ -121,16 +139,18 @@ class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
         validate_config(cfg)
         self.cfg = cfg
-        self.env, self.device = distributed.init_distributed(cfg.device)
+        self.env, self.device = distributed.init_distributed(cfg.device, timeout_min=cfg.dist_timeout_min)
         self.run_dir = Path(distributed.shared_run_dir(str(run_dir)))
         self.is_main = self.env.is_main
-        problems = batch_layout_problems(cfg.train, self.env.world_size)
+        self.on_cuda = self.device.type == "cuda"
+        problems = batch_layout_problems(cfg.train, self.env.world_size) + deterministic_problems(cfg, self.device)
         if problems:
             raise ConfigError("\n".join(problems))
-        set_deterministic(bool(cfg.train.deterministic))
+        set_deterministic(bool(cfg.train.deterministic), self.on_cuda)
         seed_all(cfg.seed)
-        self.on_cuda = self.device.type == "cuda"
-        self.amp = bool(cfg.train.amp) and self.on_cuda
+        self.precision = str(cfg.train.precision)
+        # the node's cores, shared by its processes (torchrun starts each with one thread)
+        self.cores = available_cores()
 
         self.dataset = self._build_dataset()
         n_train = len(self.dataset.train)
@@ -152,7 +172,7 @@ class Trainer:
         self.temperature = instantiate(cfg.temp).to(self.device)
         self.optimizer = self._build_optimizer()
         self.scheduler = instantiate(cfg.optim.scheduler)(self.optimizer)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler(self.precision))
         self.clusterer = instantiate(cfg.clusterer)
         self.memory_factory = instantiate(cfg.memory)
         self.memory = None
@@ -202,6 +222,11 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         if not self.env.enabled:
             return model, model
+        span = bn_span(train_cfg, self.env.world_size)
+        if span > 1:  # every BatchNorm group is spread over `span` consecutive processes
+            set_process_group(model, distributed.group_of_consecutive_ranks(span), span)
+            log.info("BatchNorm groups of %d images span %d processes (%d images each)", train_cfg.bn_group, span,
+                     train_cfg.batch_size // self.env.world_size)
         if train_cfg.sync_bn:
             if not self.on_cuda:
                 raise ValueError("train.sync_bn=true needs CUDA devices: torch's SyncBatchNorm has no CPU kernel; "
@@ -216,7 +241,8 @@ class Trainer:
         """The synthetic warm start's weight file, trained on first use by rank 0 while the others wait."""
         args = (self.cfg.backbone, self.cfg.input.height, self.cfg.input.width, to_absolute_path(self.cfg.data_root))
         if self.is_main:
-            warm_start.synthetic_weights(*args, progress=self.cfg.progress, device=self.device)
+            with distributed.main_works_alone(self.env, self.cores):
+                warm_start.synthetic_weights(*args, progress=self.cfg.progress, device=self.device)
         distributed.barrier()
         return warm_start.cache_path(*args)
 
@@ -264,22 +290,25 @@ class Trainer:
         return self._close_run()
 
     # ------------------------------------------------------------------ the steps
-    def extract(self, items) -> torch.Tensor:
-        """Embeddings [N, D] of ``items`` under the test transform (the same on every rank)."""
+    def extract(self, items, main_only: bool = False) -> torch.Tensor | None:
+        """Embeddings [N, D] of ``items`` under the test transform, on the device: the same on every rank, or
+        on rank 0 alone with ``main_only`` (None elsewhere)."""
         return extract_items(self.model, items, self.test_transform, self.device,
                              batch_size=self.cfg.train.test_batch_size,
-                             num_workers=resolve_workers(self.cfg.train.num_workers),
-                             flip=self.cfg.eval.flip, amp=self.amp, progress=self.is_main and self.cfg.progress,
-                             cache=self.image_cache)
+                             num_workers=resolve_workers(self.cfg.train.num_workers,
+                                                         processes=self.env.local_world_size),
+                             flip=self.cfg.eval.flip, precision=self.precision,
+                             progress=self.is_main and self.cfg.progress, cache=self.image_cache, main_only=main_only)
 
     def cluster(self, features: torch.Tensor) -> np.ndarray:
         """Pseudo labels [N] (-1 = outlier), computed on rank 0 and broadcast."""
         labels = None
         if self.is_main:
-            if self.cfg.train.camera_centering:
-                cameras = torch.from_numpy(id_arrays(self.dataset.train)[1])
-                features = camera_centering(features, cameras)
-            labels = np.asarray(self.clusterer.fit_predict(features.to(self.device)), dtype=np.int64)
+            with distributed.main_works_alone(self.env, self.cores):
+                if self.cfg.train.camera_centering:
+                    cameras = torch.from_numpy(id_arrays(self.dataset.train)[1]).to(features.device)
+                    features = camera_centering(features, cameras)
+                labels = np.asarray(self.clusterer.fit_predict(features.to(self.device)), dtype=np.int64)
         return distributed.broadcast_object(labels)
 
     def describe_clusters(self, labels: np.ndarray) -> dict[str, Any]:
@@ -313,31 +342,36 @@ class Trainer:
         return build_train_loader(self.dataset.train, labels, transform=self.train_transform,
                                   batch_size=train_cfg.batch_size, num_instances=train_cfg.num_instances,
                                   iters=train_cfg.iters, sampler=train_cfg.sampler,
-                                  num_workers=resolve_workers(train_cfg.num_workers, self.train_in_memory),
+                                  num_workers=resolve_workers(train_cfg.num_workers, self.train_in_memory,
+                                                              processes=self.env.local_world_size),
                                   seed=self.cfg.seed, epoch=epoch, rank=self.env.rank, world_size=self.env.world_size,
-                                  pin_memory=self.on_cuda, cache=self.image_cache)
+                                  pin_memory=self.on_cuda, cache=self.image_cache, device=self.device)
 
     def train_epoch(self, epoch: int, labels: np.ndarray) -> dict[str, float]:
-        """``train.iters`` steps on the pseudo-labelled images; returns the epoch's mean loss."""
+        """``train.iters`` steps on the pseudo-labelled images; returns the epoch's mean loss.
+
+        The step never waits on the host: losses and temperatures stay on the device and are read once at
+        the end of the epoch (where a non-finite loss is reported with its step), the labels are checked on
+        the host before they are copied, and the progress bar reads the loss every ``PROGRESS_EVERY`` steps
+        only when it is shown."""
         train_cfg = self.cfg.train
         loader = self.train_loader(epoch, labels)
         self.train_model.train()
-        autocast = torch.autocast(self.device.type, dtype=torch.float16) if self.amp else nullcontext()
-        losses = []
-        bar = tqdm(loader, total=train_cfg.iters, desc=f"train {epoch + 1}", leave=False,
-                   disable=not (self.is_main and self.cfg.progress))
+        losses, temperatures = [], []
+        first_step = self.global_step
+        num_clusters = self.memory.num_clusters
+        show = self.is_main and self.cfg.progress
+        bar = tqdm(loader, total=train_cfg.iters, desc=f"train {epoch + 1}", leave=False, disable=not show)
         for images, targets, _, _ in bar:
-            images = images.to(self.device, non_blocking=True)
+            if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_clusters):  # host tensor
+                raise ValueError(f"epoch {epoch + 1}: a batch holds pseudo labels outside [0, {num_clusters - 1}]")
             targets = targets.to(self.device, non_blocking=True)
             if self.on_cuda and train_cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast:
+            with autocast(self.device, self.precision):
                 features = self.train_model(images)
             temperature = self.temperature()
             loss = self.memory(features.float(), targets, temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, step {self.global_step}; "
-                                         f"try a lower optim.optimizer.lr or temp=fixed")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.temperature.learnable:  # the temperature sits outside DDP: average its gradient here
@@ -346,17 +380,27 @@ class Trainer:
             self.scaler.update()
             self.temperature.constrain_()
             # the memory sees the whole global batch, so every rank's memory stays identical
-            self.memory.update(distributed.all_gather_cat(features.detach().float()),
-                               distributed.all_gather_cat(targets))
+            self.memory.update(distributed.all_gather_cat(features.detach().float(), same_size=True),
+                               distributed.all_gather_cat(targets, same_size=True))
             self.global_step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", T=f"{temperature.item():.4f}")
-            if self.logger:
-                self.logger.log({"step/loss": losses[-1], "step/temperature": temperature.item(),
-                                 "global_step": self.global_step}, self.global_step)
+            losses.append(loss.detach())
+            temperatures.append(temperature.detach().clone())
+            if show and len(losses) % PROGRESS_EVERY == 0:
+                bar.set_postfix(loss=f"{losses[-1].item():.3f}", T=f"{temperatures[-1].item():.4f}")
+        step_losses = torch.stack(losses).float().cpu() if losses else torch.empty(0)  # the epoch's one wait
+        bad = torch.nonzero(~torch.isfinite(step_losses))
+        if len(bad):
+            step = first_step + int(bad[0])
+            raise FloatingPointError(f"loss became {float(step_losses[int(bad[0])])} at epoch {epoch + 1}, step "
+                                     f"{step + 1}; try a lower optim.optimizer.lr or temp=fixed")
+        if self.logger:
+            step_temperatures = torch.stack(temperatures).float().cpu().tolist()
+            for j, (value, t) in enumerate(zip(step_losses.tolist(), step_temperatures)):
+                step = first_step + j + 1
+                self.logger.log({"step/loss": value, "step/temperature": t, "global_step": step}, step)
         distributed.sync_buffers_(self.model)
         # each rank's loss is the mean over its slice of the global batch; their mean is the global batch's
-        mean_loss = torch.tensor(float(np.mean(losses)) if losses else math.nan, device=self.device)
+        mean_loss = torch.tensor(float(step_losses.mean()) if len(step_losses) else math.nan, device=self.device)
         distributed.all_reduce_mean_([mean_loss])
         return {"loss": mean_loss.item()}
 
@@ -370,17 +414,27 @@ class Trainer:
         return (epoch + 1) % self.cfg.eval.every == 0 or epoch + 1 == self.cfg.train.epochs
 
     def evaluate(self) -> dict[str, float]:
-        """mAP and CMC on query/gallery (every rank computes them from the gathered features); with
-        ``eval.rerank`` the re-ranked figures are added as ``rerank_mAP`` etc."""
+        """mAP and CMC on query/gallery; with ``eval.rerank`` the re-ranked figures are added as
+        ``rerank_mAP`` etc. Extraction is sharded over the ranks; rank 0 alone gathers the features and
+        computes the figures (re-ranking's memory does not grow with Q x G), then shares them."""
+        query_features = self.extract(self.dataset.query, main_only=True)
+        gallery_features = self.extract(self.dataset.gallery, main_only=True)
+        out = None
+        if self.is_main:
+            with distributed.main_works_alone(self.env, self.cores):
+                out = self._rank_query_gallery(query_features, gallery_features)
+        return distributed.broadcast_object(out)
+
+    def _rank_query_gallery(self, query_features: torch.Tensor, gallery_features: torch.Tensor) -> dict[str, float]:
         eval_cfg = self.cfg.eval
         (query_pids, query_cams), (gallery_pids, gallery_cams) = map(id_arrays, (self.dataset.query,
                                                                                  self.dataset.gallery))
-        query_features, gallery_features = self.extract(self.dataset.query), self.extract(self.dataset.gallery)
-        if eval_cfg.visualize and self.is_main:
+        if eval_cfg.visualize:
             self.picture(f"ranked_lists/epoch{len(self.history):03d}.png", pictures.ranked_lists, self.dataset,
-                         query_features, gallery_features, eval_cfg.visualize, eval_cfg.metric, seed=self.cfg.seed)
-        rows = evaluate_retrieval(query_features, gallery_features,
-                                  query_pids, gallery_pids, query_cams, gallery_cams, metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1, k2=eval_cfg.k2,
+                         query_features.cpu(), gallery_features.cpu(), eval_cfg.visualize, eval_cfg.metric,
+                         seed=self.cfg.seed)
+        rows = evaluate_retrieval(query_features, gallery_features, query_pids, gallery_pids, query_cams, gallery_cams,
+                                  metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1, k2=eval_cfg.k2,
                                   lambda_value=eval_cfg.lambda_value, device=self.device)
         out = {k: rows["plain"][k] for k in RANKING_KEYS}
         if "re-ranked" in rows:
@@ -443,7 +497,9 @@ class Trainer:
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "environment.json", {"versions": library_versions(),
                                                               "world_size": self.env.world_size,
-                                                              "device": str(self.device)})
+                                                              "device": str(self.device),
+                                                              "precision": self.precision,
+                                                              **numerics(self.device)})
         if self.resumed_from is not None and self.resumed_from.resolve() != self.run_dir.resolve():
             self._carry_over(self.resumed_from)
         self.logger.start(OmegaConf.to_container(self.cfg, resolve=True), str(self.run_dir))

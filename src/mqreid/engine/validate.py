@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from mqreid.data.sampler import SAMPLERS
 from mqreid.data.transforms import build_train_transform
 from mqreid.evaluation import METRICS
+from mqreid.models.precision import PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,7 @@ def devices(v: Any) -> bool:
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("seed", non_negative_int, "an integer >= 0"),
     ("device", devices, "auto, cpu, cuda or cuda:<index>"),
+    ("dist_timeout_min", positive_int, "an integer >= 1 (minutes a process waits in a collective)"),
     ("progress", boolean, "true or false"),
     ("input.height", positive_int, "an integer >= 1"),
     ("input.width", positive_int, "an integer >= 1"),
@@ -82,7 +84,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.cache_limit_mb", non_negative_int, "an integer >= 0 (MiB of decoded images kept in memory)"),
     ("train.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
     ("train.bn_group", lambda v: v is None or positive_int(v), "null or an integer >= 1"),
-    ("train.amp", boolean, "true or false"),
+    ("train.precision", lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     ("train.channels_last", boolean, "true or false"),
     ("train.deterministic", boolean, "true or false"),
     ("train.sync_bn", boolean, "true or false"),
@@ -153,23 +155,54 @@ def _component_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def bn_span(train_cfg: DictConfig, world_size: int) -> int:
+    """How many consecutive processes share one BatchNorm group (1: groups lie within a process)."""
+    per_process = train_cfg.batch_size // world_size
+    group = train_cfg.bn_group
+    if group is None or per_process == 0 or group <= per_process:
+        return 1
+    return group // per_process
+
+
 def batch_layout_problems(train_cfg: DictConfig, world_size: int = 1) -> list[str]:
-    """The global batch must split into whole identity blocks per process, and BN groups must divide each
-    process's share; SyncBatchNorm and BN groups exclude each other."""
+    """The global batch must split into whole identity blocks per process; a BN group must either divide
+    each process's share (groups within a process) or be made of whole shares of consecutive processes
+    (groups spanning processes); SyncBatchNorm and BN groups exclude each other."""
     problems = []
     processes = f" x {world_size} processes" if world_size > 1 else ""
     if train_cfg.batch_size % (train_cfg.num_instances * world_size):
         problems.append(f"train.batch_size={train_cfg.batch_size}: expected a multiple of train.num_instances="
                         f"{train_cfg.num_instances}{processes} (batches hold whole identity blocks)")
     per_process = train_cfg.batch_size // world_size
-    if train_cfg.bn_group is not None and per_process % train_cfg.bn_group:
-        problems.append(f"train.bn_group={train_cfg.bn_group}: expected a divisor of the per-process batch of "
+    group = train_cfg.bn_group
+    if group is not None and per_process and train_cfg.batch_size % group:
+        problems.append(f"train.bn_group={group}: expected a divisor of train.batch_size={train_cfg.batch_size} "
+                        f"(BatchNorm normalises fixed groups of images of the global batch)")
+    elif group is not None and per_process and per_process % group and group % per_process:
+        problems.append(f"train.bn_group={group}: expected a divisor or a multiple of the per-process batch of "
                         f"{per_process} images (train.batch_size={train_cfg.batch_size} over {world_size} "
-                        f"process(es))")
-    if train_cfg.bn_group is not None and train_cfg.sync_bn:
+                        f"processes)")
+    if group is not None and train_cfg.sync_bn:
         problems.append("train.sync_bn=true: expected train.bn_group=null (SyncBatchNorm normalises the whole "
                         "global batch; ghost BatchNorm fixed groups of images)")
     return problems
+
+
+# Backbone settings whose backward pass has no deterministic CUDA kernel (torch raises on the first backward
+# under torch.use_deterministic_algorithms): checked at start-up instead.
+NONDETERMINISTIC_ON_CUDA = {
+    ("backbone.pooling", "avg"): "adaptive average pooling",
+    ("backbone.pooling", "max"): "adaptive max pooling",
+}
+
+
+def deterministic_problems(cfg: DictConfig, device: torch.device) -> list[str]:
+    """Settings that cannot run with ``train.deterministic=true`` on ``device``, named."""
+    if not cfg.train.get("deterministic") or torch.device(device).type != "cuda":
+        return []
+    return [f"{key}={value}: {what} has no deterministic CUDA backward; with train.deterministic=true use "
+            f"{key}=gem (the default), or set train.deterministic=false"
+            for (key, value), what in NONDETERMINISTIC_ON_CUDA.items() if _value(cfg, key) == value]
 
 
 def config_problems(cfg: DictConfig) -> list[str]:
@@ -208,16 +241,17 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def resolve_workers(value: int | str, in_memory: bool = False) -> int:
-    """``auto``: one loader worker per available core, at most 8 (0 on a single core); an integer as given.
+def resolve_workers(value: int | str, in_memory: bool = False, processes: int = 1) -> int:
+    """``auto``: the available cores shared by the node's ``processes`` (at most 8 workers each; 0 when a
+    process has a single core); an integer as given.
 
-    ``in_memory``: the images are in the image cache, so a worker only augments. On two cores or fewer
-    ``auto`` then loads in the main process: workers would compete with the model's threads for the same
-    cores (measured with bench/bench_train.py on 2 cores: 168 img/s training without workers, 158 with 2).
+    ``in_memory``: the images are in the image cache, so a worker only augments. With two cores or fewer per
+    process ``auto`` then loads in the main process: workers would compete with the model's threads for the
+    same cores (measured with bench/bench_train.py on 2 cores: 168 img/s training without workers, 158 with 2).
     """
     if value != "auto":
         return int(value)
-    cores = available_cores()
+    cores = available_cores() // max(1, processes)
     return 0 if cores <= (2 if in_memory else 1) else min(8, cores)
 
 

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from mqreid.models.precision import autocast
+
 __all__ = ["extract_features"]
 
 
@@ -18,7 +20,7 @@ def extract_features(
     device: torch.device | str,
     *,
     flip: bool = False,
-    amp: bool = True,
+    precision: str = "fp32",
     normalize: bool = True,
     progress: bool = True,
     desc: str = "extract",
@@ -30,12 +32,12 @@ def extract_features(
         loader: yields batches ``(images, pids, camids, indices)``; only images and indices are used.
         device: where the model runs (the model is expected to be there already).
         flip: average the embeddings of each image and its horizontal flip.
-        amp: float16 autocast on CUDA devices (ignored elsewhere).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (:mod:`mqreid.models.precision`): autocast by device type.
         normalize: L2-normalise the (flip-averaged) embeddings.
         progress: show a tqdm progress bar; desc: its label.
 
     Returns:
-        features: [n, D] float32 on CPU, in loader order.
+        features: [n, D] float32 on ``device``, in loader order (one copy at the end, never one per batch).
         indices: [n] int64, the 4th field of each batch, so ``features[i]`` belongs to item
         ``indices[i]`` of the dataset whatever the sampler order.
 
@@ -46,9 +48,7 @@ def extract_features(
     model.eval()
     feats, idxs = [], []
     try:
-        with torch.inference_mode(), torch.autocast(
-            device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"
-        ):
+        with torch.inference_mode(), autocast(device, precision):
             for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
                 if not isinstance(batch, (tuple, list)) or len(batch) != 4:
                     raise ValueError(
@@ -62,13 +62,13 @@ def extract_features(
                     out = (out + _embed(model, torch.flip(images, dims=[3]))) / 2
                 if normalize:
                     out = F.normalize(out, dim=1)
-                feats.append(out.to("cpu", torch.float32))
+                feats.append(out)  # stays on the device: no wait on the host per batch
                 idxs.append(torch.as_tensor(indices, dtype=torch.int64).reshape(-1))
     finally:
         model.train(was_training)
     if not feats:
         raise ValueError("extract_features: the loader yielded no batch")
-    return torch.cat(feats), torch.cat(idxs)
+    return torch.cat(feats).float(), torch.cat(idxs).to(device)
 
 
 def _embed(model: nn.Module, images: Tensor) -> Tensor:

@@ -24,19 +24,25 @@ class ClusterMemory(nn.Module):
         self.seed = seed
         self._generator: torch.Generator | None = None
 
-    def generator(self, device: torch.device) -> torch.Generator:
+    def generator(self) -> torch.Generator:
         """The memory's own random stream (proxy and member draws), seeded with ``seed`` on first use.
 
         Draws never touch torch's global RNG, so they do not depend on what else ran (data augmentation,
-        the number of processes): every rank of a distributed run draws the same proxies.
+        the number of processes): every rank of a distributed run draws the same proxies. The stream is a
+        CPU generator whatever the device, so a CUDA run draws exactly what the CPU run with the same seed
+        draws (a CUDA generator gives other numbers); the draws are made in blocks and copied to the device
+        once per block (:meth:`draw_indices`).
         """
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device)
+        if self._generator is None:
+            self._generator = torch.Generator()
             self._generator.manual_seed(self.seed)
         return self._generator
 
     # -- checks shared by every memory ---------------------------------------------------------------------
     def _check(self, features: torch.Tensor, labels: torch.Tensor, *, allow_outliers: bool = False) -> None:
+        """Shapes and devices always; the label range only for labels on the CPU, where reading it costs
+        nothing (on an accelerator it would wait for the device at every step: the trainer checks each batch's
+        labels on the host before copying them)."""
         if features.ndim != 2 or features.shape[1] != self.num_features:
             raise ValueError(f"memory: features must be [B, {self.num_features}], got {tuple(features.shape)}")
         if labels.shape != features.shape[:1]:
@@ -44,6 +50,8 @@ class ClusterMemory(nn.Module):
         if labels.device != features.device:
             raise ValueError(f"memory: features on {features.device} but labels on {labels.device}")
         low = -1 if allow_outliers else 0
+        if labels.device.type != "cpu":
+            return
         if labels.numel() and (int(labels.min()) < low or int(labels.max()) >= self.num_clusters):
             raise ValueError(f"memory: labels must lie in [{low}, {self.num_clusters - 1}], got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
@@ -56,6 +64,13 @@ class ClusterMemory(nn.Module):
         sums.index_add_(0, labels[keep], features[keep])
         counts = torch.bincount(labels[keep], minlength=num_clusters).clamp_min(1)
         return sums / counts.unsqueeze(1).to(sums.dtype)
+
+    @staticmethod
+    def counts_of(labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
+        """Samples per cluster [C] of labels in [0, C): a scatter-add, which (unlike ``bincount``, whose output
+        size depends on the values) needs no wait on the device."""
+        return torch.zeros(num_clusters, dtype=torch.long, device=labels.device).index_add_(
+            0, labels, torch.ones_like(labels))
 
     @classmethod
     def centroids(cls, features: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
@@ -71,9 +86,29 @@ class ClusterMemory(nn.Module):
         """
         order = torch.argsort(labels, stable=True)
         ys = labels[order]
-        counts = torch.bincount(ys, minlength=num_clusters)
+        counts = ClusterMemory.counts_of(ys, num_clusters)
         rank = torch.arange(ys.numel(), device=ys.device) - (torch.cumsum(counts, 0) - counts)[ys]
         return order, ys, counts, rank
+
+    def draw_indices(self, high: int, count: int) -> torch.Tensor:
+        """``count`` integers in [0, high) from the memory's stream, on the memory's device. Drawn on the CPU
+        ``DRAW_BLOCK`` rows at a time and copied once per block, so a step costs no transfer."""
+        key = (high, count)
+        if getattr(self, "_block_key", None) != key or self._block_pos >= len(self._block):
+            block = torch.randint(high, (self.DRAW_BLOCK, count), generator=self.generator())
+            device = self.device_of_state()
+            self._block = block.pin_memory().to(device, non_blocking=True) if device.type == "cuda" \
+                else block.to(device)
+            self._block_key, self._block_pos = key, 0
+        row = self._block[self._block_pos]
+        self._block_pos += 1
+        return row
+
+    DRAW_BLOCK = 256
+
+    def device_of_state(self) -> torch.device:
+        """The device the memory's buffers live on."""
+        return next(self.buffers()).device
 
     # -- interface -------------------------------------------------------------------------------------------
     def reset(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -93,4 +128,7 @@ class ClusterMemory(nn.Module):
         """Cross-entropy of ``features @ proxies.T / temperature`` against ``labels``; features [B, D]."""
         self._check(features, labels)
         logits = F.normalize(features, dim=1) @ self.proxies().to(features.dtype).t()
-        return F.cross_entropy(logits / temperature, labels)
+        # cross-entropy as log-softmax + gather: the same value as F.cross_entropy, and a backward pass
+        # (scatter-add) with a deterministic CUDA kernel, which nll_loss's is not documented to have
+        log_p = F.log_softmax(logits / temperature, dim=1)
+        return -log_p.gather(1, labels.unsqueeze(1)).mean()

@@ -57,8 +57,7 @@ class MultiQueueMemory(ClusterMemory):
             if bool((counts == 0).any()):
                 raise ValueError("memory.reset: every cluster 0..C-1 needs at least one member")
             starts = torch.cumsum(counts, 0) - counts
-            u = torch.rand(self.num_clusters, self.queue_size, device=features.device,
-                           generator=self.generator(features.device))
+            u = torch.rand(self.num_clusters, self.queue_size, generator=self.generator()).to(features.device)
             pick = starts[:, None] + (u * counts[:, None]).long().clamp_max(counts[:, None] - 1)
             self.queues.copy_(features[order[pick]])
         self.ptr.zero_()
@@ -66,18 +65,22 @@ class MultiQueueMemory(ClusterMemory):
     def proxies(self) -> torch.Tensor:
         if self.proxy == "mean":
             return F.normalize(self.queues.mean(dim=1), dim=1)
-        device = self.queues.device
-        idx = torch.randint(self.queue_size, (self.num_clusters,), device=device, generator=self.generator(device))
-        return self.queues[torch.arange(self.num_clusters, device=device), idx]
+        idx = self.draw_indices(self.queue_size, self.num_clusters)
+        return self.queues[torch.arange(self.num_clusters, device=idx.device), idx]
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         self._check(features, labels)
         features = F.normalize(features.detach().to(self.queues.dtype), dim=1)
         order, ys, counts, rank = self.rank_within_cluster(labels, self.num_clusters)  # batch order kept
-        # when a cluster has more than queue_size samples in the batch only its last queue_size are written,
-        # so no slot is written twice (scatter with duplicate indices has no defined winner)
-        keep = rank >= counts[ys] - self.queue_size
-        slot = (self.ptr[ys] + rank) % self.queue_size
-        self.queues[ys[keep], slot[keep]] = features[order][keep]
-        self.ptr.add_(counts).remainder_(self.queue_size)
+        # A cluster with more than queue_size samples in the batch writes some slots several times; the last
+        # sample in batch order must win, and a scatter with duplicate indices has no defined winner. So every
+        # sample writes the value of the last sample aimed at its slot (same rank modulo queue_size): the
+        # duplicates carry equal values. No boolean mask, so no wait on the device for its size.
+        q = self.queue_size
+        n = counts[ys]
+        last = rank + q * torch.div(n - 1 - rank, q, rounding_mode="floor")  # rank of the slot's last writer
+        source = order[(torch.cumsum(counts, 0) - counts)[ys] + last]
+        slot = (self.ptr[ys] + rank) % q
+        self.queues[ys, slot] = features[source]
+        self.ptr.add_(counts).remainder_(q)

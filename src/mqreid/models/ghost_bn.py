@@ -4,7 +4,17 @@ The original trains with DataParallel on 4 GPUs at batch 256, so each BatchNorm 
 64 images. Plain BatchNorm in one process at batch 256 normalises over 256, in 2 processes at batch 128
 each over 128: the number of processes changes the run. Splitting every training batch into groups of
 ``group_size`` images (Hoffer et al., 2017, "ghost batch normalisation") makes the statistics those of
-``group_size`` images on any number of processes, as long as ``group_size`` divides the per-process batch.
+``group_size`` images on any number of processes.
+
+- A process holding more images than a group (or as many) splits its batch into groups ("ghost" groups).
+- A process holding fewer images than a group shares each group with the neighbouring processes that hold
+  the rest of it: consecutive ranks hold consecutive slices of the global batch, so ranks
+  ``[j * s, (j + 1) * s)`` with ``s = group_size / per-process batch`` form group ``j``. Each rank computes
+  the mean and variance of its slice, one all-reduce per layer combines them (in float64, with the
+  parallel-variance formula), and the backward pass all-reduces the gradients of those statistics, so the
+  forward and backward passes are those of one BatchNorm over the whole group. This is the path the CPU
+  tests run with gloo and CUDA runs with NCCL (torch's SyncBatchNorm has no CPU kernel, and it normalises
+  the whole global batch rather than fixed groups).
 
 Each group is normalised by the same ``F.batch_norm`` call a process holding only that group would make.
 Running statistics are updated with the mean of the groups' statistics: the running averages are linear,
@@ -16,9 +26,29 @@ it is written here; the parameters and buffers are BatchNorm's, so state dicts a
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over a process group: the backward pass sums the gradients the same way.
+    (torch.distributed.nn.functional.all_reduce does this too but is deprecated; the functional collectives
+    that replace it carry no gradient.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 class GhostBatchNorm(_BatchNorm):
@@ -29,6 +59,9 @@ class GhostBatchNorm(_BatchNorm):
         if group_size < 1:
             raise ValueError(f"train.bn_group must be >= 1, got {group_size}")
         self.group_size = group_size
+        # set by set_process_group when a group spans processes: the group's ranks and their count
+        self.process_group = None
+        self.group_ranks = 1
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
@@ -37,6 +70,11 @@ class GhostBatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         n = x.shape[0]
+        if self.training and self.group_ranks > 1:
+            if n * self.group_ranks != self.group_size:
+                raise ValueError(f"train.bn_group={self.group_size} spans {self.group_ranks} processes, which "
+                                 f"expects {self.group_size // self.group_ranks} images per process, got {n}")
+            return self._across_processes(x)
         if not self.training or n <= self.group_size:
             return super().forward(x)
         if n % self.group_size:
@@ -60,6 +98,35 @@ class GhostBatchNorm(_BatchNorm):
                 self.running_var.copy_(torch.stack(variances).mean(0))
         return torch.cat(outs)
 
+    def _across_processes(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm over a group whose images are spread over ``group_ranks`` processes (same count each)."""
+        if self.momentum is None:
+            raise ValueError("GhostBatchNorm needs a momentum (cumulative averaging is not supported)")
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = xf.numel() // xf.shape[1]  # values per channel in this process
+        var, mean = torch.var_mean(xf, dim=dims, correction=0)
+        channels = mean.numel()
+        # [mean_r, M2_r, mean_r^2] summed over the group's ranks; float64 keeps the variance of the rank
+        # means (sum of squares minus a square) exact enough whatever the activations' scale
+        stats = _AllReduceSum.apply(torch.cat([mean, var * count, mean * mean]).double(), self.process_group)
+        ranks, total = self.group_ranks, count * self.group_ranks
+        group_mean = stats[:channels] / ranks
+        m2 = stats[channels:2 * channels] + count * (stats[2 * channels:] - ranks * group_mean * group_mean)
+        group_var = (m2 / total).clamp_min(0)
+        out = (xf - group_mean.float().view(shape)) * torch.rsqrt(group_var.float().view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(group_mean.to(self.running_mean.dtype), alpha=m)
+                unbiased = group_var * total / max(total - 1, 1)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        return out.to(x.dtype)
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", group_size={self.group_size}"
 
@@ -82,3 +149,12 @@ def convert_ghost_bn(module: nn.Module, group_size: int | None) -> nn.Module:
     for name, child in module.named_children():
         setattr(module, name, convert_ghost_bn(child, group_size))
     return module
+
+
+def set_process_group(module: nn.Module, group, ranks: int) -> None:
+    """Let every :class:`GhostBatchNorm` of ``module`` share its groups with the ``ranks`` processes of
+    ``group`` (a ``torch.distributed`` process group; ``None`` = the default group). ``ranks=1`` keeps the
+    groups within the process."""
+    for layer in module.modules():
+        if isinstance(layer, GhostBatchNorm):
+            layer.process_group, layer.group_ranks = (group, ranks) if ranks > 1 else (None, 1)
