@@ -22,8 +22,9 @@ def _run(args, cwd):
 @pytest.mark.slow
 def test_multirun_then_evaluate(data_root, tmp_path):
     sweep = tmp_path / "multirun"
+    # bf16 autocast (on the CPU here; by device type): evaluate.py must extract in the checkpoint's precision
     _run([str(REPO / "train.py"), "-m", "memory=multi_queue,centroid", *TINY, "train.epochs=1",
-          f"data_root={data_root}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+          "train.precision=bf16", f"data_root={data_root}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "results.json").exists())
     assert [p.name for p in jobs] == ["0", "1"]
     chosen = {o for p in jobs for o in (p / ".hydra" / "overrides.yaml").read_text().split() if "memory=" in o}
@@ -37,6 +38,7 @@ def test_multirun_then_evaluate(data_root, tmp_path):
                  f"hydra.run.dir={tmp_path / 'eval'}"], cwd=tmp_path)
     out = json.loads((jobs[0] / "checkpoints" / "best_eval_synthetic.json").read_text())
     assert set(out) >= {"plain", "re-ranked"} and 0 <= out["plain"]["mAP"] <= 100
+    assert out["precision"] == "bf16"
     best = json.loads((jobs[0] / "results.json").read_text())["best"]
     assert abs(out["plain"]["mAP"] - best["mAP"]) < 1e-3  # the same model, the same numbers
     assert "Rank-1" in proc.stdout + proc.stderr

@@ -45,6 +45,60 @@ def test_every_bad_setting_is_listed_at_once():
     assert any("train.bn_group=7: expected a divisor" in p for p in config_problems(bad))
 
 
+@pytest.mark.parametrize("world", [1, 2, 4, 8, 16])
+def test_preset_batch_layout_holds_at_any_gpu_count(world):
+    """Batch 256 with BN groups of 64: within a process at 1-4 processes, spanning 2 or 4 processes at 8 or 16."""
+    from mqreid.engine.validate import batch_layout_problems, bn_span
+
+    train = compose_config(["experiment=market1501_dbscan"]).train
+    assert batch_layout_problems(train, world) == []
+    assert bn_span(train, world) == {1: 1, 2: 1, 4: 1, 8: 2, 16: 4}[world]
+    debug = compose_config(["debug=fast"]).train  # batch 16, groups of 8: at 4 processes each group spans 2
+    assert batch_layout_problems(debug, 4) == [] and bn_span(debug, 4) == 2
+
+
+def test_bn_groups_that_fit_no_layout_are_named():
+    from mqreid.engine.validate import batch_layout_problems
+
+    train = compose_config(["train.batch_size=96", "train.num_instances=4", "train.bn_group=36"]).train
+    problems = batch_layout_problems(train, 1)
+    assert problems == ["train.bn_group=36: expected a divisor of train.batch_size=96 (BatchNorm normalises fixed "
+                        "groups of images of the global batch)"]
+    train = compose_config(["train.batch_size=96", "train.num_instances=4", "train.bn_group=32"]).train
+    assert batch_layout_problems(train, 4) == [
+        "train.bn_group=32: expected a divisor or a multiple of the per-process batch of 24 images "
+        "(train.batch_size=96 over 4 processes)"]
+
+
+def test_deterministic_mode_names_pooling_without_a_deterministic_cuda_backward():
+    import torch
+
+    from mqreid.engine.validate import deterministic_problems
+
+    cfg = compose_config(["train.deterministic=true", "backbone.pooling=avg"])
+    assert deterministic_problems(cfg, torch.device("cpu")) == []  # CPU kernels are deterministic
+    (problem,) = deterministic_problems(cfg, torch.device("cuda"))
+    assert problem.startswith("backbone.pooling=avg: adaptive average pooling has no deterministic CUDA backward")
+    assert deterministic_problems(compose_config(["train.deterministic=true"]), torch.device("cuda")) == []
+
+
+def test_rank_zero_gets_the_cores_while_it_works_alone():
+    import torch
+
+    from mqreid.engine.distributed import DistEnv, main_works_alone
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with main_works_alone(DistEnv(rank=0, world_size=4), threads=2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with main_works_alone(DistEnv(rank=1, world_size=4), threads=2):  # the waiting ranks keep theirs
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.slow
 def test_a_bad_setting_is_rejected_before_any_file_is_written(tmp_path):
     run_dir = tmp_path / "run"

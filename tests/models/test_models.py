@@ -57,3 +57,26 @@ def test_offline_download_names_where_to_put_the_file(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(RuntimeError, match=r"resnet18-f37072fd\.pth"):
         build_model("resnet18", pretrained=True)
+
+
+def test_precision_rule_reads_the_stored_config():
+    from mqreid.models.precision import autocast, stored_precision
+
+    assert stored_precision({"train": {"precision": "bf16"}}) == "bf16"
+    assert stored_precision({"train": {"amp": True}}) == "fp16"  # checkpoints with the older flag
+    assert stored_precision({"train": {"amp": False}}) == stored_precision({}) == "fp32"
+    with pytest.raises(ValueError, match="precision='fp8': expected one of fp32, bf16, fp16"):
+        stored_precision({"train": {"precision": "fp8"}})
+    with autocast("cpu", "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast("cpu", "fp32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_ibn_keeps_channels_last():
+    from mqreid.models import IBN
+
+    x = torch.randn(2, 8, 4, 3).contiguous(memory_format=torch.channels_last)
+    out = IBN(8).train()(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, IBN(8).train()(x.contiguous()), atol=1e-6)

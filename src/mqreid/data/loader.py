@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -66,19 +67,43 @@ class ImageCache:
         height, width = self.resize.size
         return height * width * 3
 
-    def add(self, items: Sequence[ImageItem | tuple[str, int, int]]) -> bool:
-        """Decode and keep the images of ``items`` not held yet if they all fit; whether they are all held."""
+    def add(self, items: Sequence[ImageItem | tuple[str, int, int]], decode: bool = True) -> bool:
+        """Decode and keep the images of ``items`` not held yet if they all fit; whether they are all held.
+
+        ``decode=False`` reserves the rows without reading the files, for a process that receives the images
+        from another one (:meth:`share`)."""
         paths = list(dict.fromkeys(str(item[0]) for item in items if str(item[0]) not in self.rows))
         if self.max_bytes is not None and self.nbytes + len(paths) * self.image_bytes() > self.max_bytes:
             return False
         if not paths:
             return True
-        with ThreadPoolExecutor(self.threads) as pool:  # PIL decodes and resizes without the GIL
-            arrays = list(pool.map(lambda p: np.asarray(self.resize(read_image(p))), paths))
+        if decode:
+            with ThreadPoolExecutor(self.threads) as pool:  # PIL decodes and resizes without the GIL
+                arrays = torch.from_numpy(np.stack(list(pool.map(lambda p: np.asarray(self.resize(read_image(p))),
+                                                                 paths))))
+        else:  # untouched pages of an empty tensor take no memory
+            arrays = torch.empty(len(paths), *self.resize.size, 3, dtype=torch.uint8)
         start = len(self.images)
-        self.images = torch.cat([self.images, torch.from_numpy(np.stack(arrays))])
+        self.images = torch.cat([self.images, arrays])
         self.rows.update((path, start + j) for j, path in enumerate(paths))
         return True
+
+    def share(self, path: str | Path, writer: bool, barrier: Callable[[], None]) -> None:
+        """Let the processes of one node hold a single copy of the images: the ``writer`` writes them to
+        ``path`` (node-local), every process maps the file (``torch.from_file(shared=True)``: the pages are
+        the page cache's, shared), and the writer removes the name (the mappings stay valid). Every process
+        must have made the same :meth:`add` calls (the others with ``decode=False``) and call this together."""
+        path = Path(path)
+        if writer:
+            tmp = path.with_name(f".{path.name}.tmp")
+            self.images.numpy().tofile(tmp)
+            tmp.replace(path)
+        barrier()
+        shape = self.images.shape
+        self.images = torch.from_file(str(path), shared=True, size=self.images.numel(), dtype=torch.uint8).view(shape)
+        barrier()
+        if writer:
+            path.unlink(missing_ok=True)
 
     def holds(self, items: Sequence[ImageItem | tuple[str, int, int]], transform: Callable) -> Stages | None:
         """The stages of ``transform`` if this cache can serve it for every item of ``items``, else None."""

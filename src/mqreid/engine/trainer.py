@@ -13,8 +13,10 @@ import os
 import platform
 import random
 import re
+import tempfile
 import time
 import warnings
+import zlib
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
@@ -197,16 +199,31 @@ class Trainer:
 
     def _build_image_cache(self) -> ImageCache | None:
         """``train.cache_images``: the training, query and gallery images decoded and resized once, in this
-        order, as long as they fit in ``train.cache_limit_mb``; a split that does not is read from its files."""
+        order, as long as they fit in ``train.cache_limit_mb``; a split that does not is read from its files.
+
+        Per node, not per process: the training images are decoded by the node's first process and mapped
+        by the others (:meth:`ImageCache.share`), and of the query and gallery each process keeps only the
+        block it extracts."""
         train_cfg = self.cfg.train
         if not train_cfg.cache_images:
             return None
+        env = self.env
+        sharing = env.local_world_size > 1
+        writer = env.rank % env.local_world_size == 0  # torchrun numbers the ranks of a node consecutively
         cache = ImageCache(split_stages(self.test_transform).resize, max_bytes=train_cfg.cache_limit_mb * 2**20,
-                           threads=available_cores())
+                           threads=max(1, available_cores() // env.local_world_size))
         start = time.perf_counter()
-        held = {split: cache.add(getattr(self.dataset, split)) for split in ("train", "query", "gallery")}
-        log.info("image cache: %s in memory (%.0f MiB, %.1f s)%s", ", ".join(s for s in held if held[s]) or "nothing",
-                 cache.nbytes / 2**20, time.perf_counter() - start,
+        held = {"train": cache.add(self.dataset.train, decode=writer or not sharing)}
+        if sharing and held["train"]:
+            name = f"mqreid-cache-{zlib.crc32(str(self.run_dir).encode()):08x}-{env.rank // env.local_world_size}.u8"
+            cache.share(Path(tempfile.gettempdir()) / name, writer, distributed.barrier)
+        for split in ("query", "gallery"):
+            items = getattr(self.dataset, split)
+            n = len(items)
+            held[split] = cache.add(items[env.rank * n // env.world_size:(env.rank + 1) * n // env.world_size])
+        log.info("image cache: %s in memory (%.0f MiB per process%s, %.1f s)%s",
+                 ", ".join(s for s in held if held[s]) or "nothing", cache.nbytes / 2**20,
+                 "; the training images once per node" if sharing else "", time.perf_counter() - start,
                  "".join(f"; {s} read from files (over train.cache_limit_mb={train_cfg.cache_limit_mb})"
                          for s in held if not held[s]))
         return cache

@@ -37,7 +37,12 @@ class IBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
-        return torch.cat([self.IN(a.contiguous()), self.BN(b.contiguous())], dim=1)
+        # the output keeps the input's memory format (InstanceNorm returns the default one), so a channels_last
+        # model stays channels_last after each IBN layer
+        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        return torch.cat([self.IN(a.contiguous()).contiguous(memory_format=fmt),
+                          self.BN(b.contiguous(memory_format=fmt))], dim=1)
 
 
 def _to_ibn_a(net: resnet.ResNet) -> None:
