@@ -20,12 +20,14 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     from mqreid.engine import distributed
+    from mqreid.engine.errors import exit_on_user_error
     from mqreid.engine.trainer import Trainer
 
     if int(os.environ.get("RANK", "0")) > 0:
         logging.getLogger().setLevel(logging.WARNING)  # only rank 0 talks
     try:
-        results = Trainer(cfg, hydra.core.hydra_config.HydraConfig.get().runtime.output_dir).fit()
+        with exit_on_user_error():  # a missing dataset, a bad setting: one message, exit status 2
+            results = Trainer(cfg, hydra.core.hydra_config.HydraConfig.get().runtime.output_dir).fit()
     finally:
         distributed.cleanup()
     return results["best"]["mAP"]  # the value a sweeper optimises

@@ -32,7 +32,7 @@ _JPEG_END = b"\xff\xd9"
 def check_policy(on_bad_image: str) -> str:
     """Return ``on_bad_image`` if it is a valid policy, else raise naming the choices."""
     if on_bad_image not in POLICIES:
-        raise ValueError(f"dataset.on_bad_image={on_bad_image!r} is unknown; valid choices: {', '.join(POLICIES)}")
+        raise ValueError(f"dataset.on_bad_image={on_bad_image}: expected one of {', '.join(POLICIES)}")
     return on_bad_image
 
 

@@ -294,7 +294,7 @@ def build_train_loader(
     conversion, normalisation and erasing on ``device`` (:class:`DeviceBatches`).
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"train.sampler={sampler!r} is unknown; valid choices: {', '.join(SAMPLERS)}")
+        raise ValueError(f"train.sampler={sampler}: expected one of {', '.join(SAMPLERS)}")
     labels_arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
     if len(labels_arr) != len(items):
         raise ValueError(f"labels has {len(labels_arr)} entries for {len(items)} items")

@@ -47,6 +47,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_atomic(path, lambda f: f.write(to_json(obj, indent=2)), mode="w")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, or not one that train.py wrote."""
+
+
+class MissingCheckpoint(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint with ``weights_only=True``; errors name the file and what was expected.
 
@@ -57,26 +65,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if path.is_dir():
         path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (expected a .pt file written by train.py, "
+        raise MissingCheckpoint(f"checkpoint {path} does not exist (expected a .pt file written by train.py, "
                                 f"or a run directory containing checkpoints/last.pt)")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive
-        raise ValueError(f"{path} is not a checkpoint: a .pt file written by train.py is a zip archive (torch.save), "
+        raise CheckpointError(f"{path} is not a checkpoint: a .pt file written by train.py is a zip archive (torch.save), "
                          f"this file is not one (it starts with {magic!r})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} cannot be loaded safely: it is a torch file, but it holds objects other than "
+        raise CheckpointError(f"{path} cannot be loaded safely: it is a torch file, but it holds objects other than "
                          f"tensors and plain containers, or it is damaged; mqreid loads only what train.py writes "
                          f"(and never unpickles arbitrary objects)") from err
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(f"{path} is not an mqreid checkpoint: it lacks {missing} (expected the keys "
+        raise CheckpointError(f"{path} is not an mqreid checkpoint: it lacks {missing} (expected the keys "
                          f"{list(CHECKPOINT_KEYS)}, as written by train.py)")
     version = state.get("format", 1)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {version!r}, newer than this mqreid reads "
+        raise CheckpointError(f"{path} has checkpoint format {version!r}, newer than this mqreid reads "
                          f"({FORMAT_VERSION}): upgrade mqreid to load it")
     state["format"] = version
     state["path"] = str(path)

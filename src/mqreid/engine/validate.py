@@ -98,7 +98,17 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("eval.k1", positive_int, "an integer >= 1"),
     ("eval.k2", positive_int, "an integer >= 1"),
     ("eval.lambda_value", probability, "a number in [0, 1]"),
+    ("optim.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
 ]
+
+
+def typed(value: Any) -> str:
+    """A value as it is typed on the command line (``true``, ``null``, ``abc``, ``0.5``)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    return str(value) if str(value) else "''"
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
@@ -211,13 +221,13 @@ def config_problems(cfg: DictConfig) -> list[str]:
     for key, ok, expected in RULES:
         value = _value(cfg, key)
         if not ok(value):
-            problems.append(f"{key}={value!r}: expected {expected}")
+            problems.append(f"{key}={typed(value)}: expected {expected}")
     bad = {p.split("=")[0] for p in problems}
     if not bad & {"train.batch_size", "train.num_instances", "train.bn_group", "train.sync_bn"}:
         problems += batch_layout_problems(cfg.train)
     resume = cfg.get("resume")
     if resume and not Path(to_absolute_path(str(resume))).exists():
-        problems.append(f"resume={resume!r}: expected an existing run directory or last.pt")
+        problems.append(f"resume={resume}: expected an existing run directory or last.pt")
     if not any(key.startswith("input.") for key in bad):
         try:
             inp = cfg.input

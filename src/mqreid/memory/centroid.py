@@ -22,7 +22,7 @@ class CentroidMemory(ClusterMemory):
                  seed: int = 0) -> None:
         super().__init__(num_features, num_clusters, seed)
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"memory.momentum must be in [0, 1], got {momentum}")
+            raise ValueError(f"memory.momentum={momentum}: expected a number in [0, 1]")
         self.momentum, self.hard = momentum, hard
         self.register_buffer("features", torch.zeros(num_clusters, num_features))
 

@@ -31,11 +31,11 @@ class MultiQueueMemory(ClusterMemory):
                  proxy: str = "random", seed: int = 0) -> None:
         super().__init__(num_features, num_clusters, seed)
         if queue_size < 1:
-            raise ValueError(f"memory.queue_size must be >= 1, got {queue_size}")
+            raise ValueError(f"memory.queue_size={queue_size}: expected an integer >= 1")
         if init not in INITS:
-            raise ValueError(f"memory.init={init!r} is unknown; valid choices: {', '.join(INITS)}")
+            raise ValueError(f"memory.init={init}: expected one of {', '.join(INITS)}")
         if proxy not in PROXIES:
-            raise ValueError(f"memory.proxy={proxy!r} is unknown; valid choices: {', '.join(PROXIES)}")
+            raise ValueError(f"memory.proxy={proxy}: expected one of {', '.join(PROXIES)}")
         self.queue_size, self.init, self.proxy = queue_size, init, proxy
         self.register_buffer("queues", torch.zeros(num_clusters, queue_size, num_features))
         self.register_buffer("ptr", torch.zeros(num_clusters, dtype=torch.long))

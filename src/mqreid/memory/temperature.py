@@ -14,7 +14,7 @@ class FixedTemperature(nn.Module):
     def __init__(self, value: float = 0.05) -> None:
         super().__init__()
         if value <= 0:
-            raise ValueError(f"temp.value must be > 0, got {value}")
+            raise ValueError(f"temp.value={value}: expected a number > 0")
         self.register_buffer("value", torch.tensor(float(value)))
 
     def forward(self) -> torch.Tensor:
@@ -53,13 +53,13 @@ class LearnableTemperature(nn.Module):
                  floor: float = 1e-3) -> None:
         super().__init__()
         if floor <= 0:
-            raise ValueError(f"temp.floor must be > 0, got {floor}")
+            raise ValueError(f"temp.floor={floor}: expected a number > 0")
         if init <= floor:
-            raise ValueError(f"temp.init must be > temp.floor ({floor}), got {init}")
+            raise ValueError(f"temp.init={init}: expected a number > temp.floor ({floor})")
         if tlr < 0:
-            raise ValueError(f"temp.tlr must be >= 0, got {tlr}")
+            raise ValueError(f"temp.tlr={tlr}: expected a number >= 0")
         if weight_decay is not None and weight_decay < 0:
-            raise ValueError(f"temp.weight_decay must be >= 0 or null, got {weight_decay}")
+            raise ValueError(f"temp.weight_decay={weight_decay}: expected a number >= 0 or null")
         self.tlr, self.weight_decay, self.floor = tlr, weight_decay, floor
         self.temperature = nn.Parameter(torch.tensor(float(init)))
 

@@ -125,7 +125,7 @@ def build_trunk(arch: str, *, pretrained: bool | str = False, last_stride: int =
                                    f"{widths or (32, 64, 128, 256)}: {err}") from err
         return net, net.out_channels
     if arch not in ARCHS:
-        raise ValueError(f"backbone.arch={arch!r} is unknown; valid choices: {', '.join(ARCHS)}")
+        raise ValueError(f"backbone.arch={arch}: expected one of {', '.join(ARCHS)}")
     net = getattr(resnet, arch.removesuffix("_ibn"))(weights=None)
     if arch.endswith("_ibn"):
         _to_ibn_a(net)

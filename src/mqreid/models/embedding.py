@@ -30,7 +30,7 @@ class EmbeddingNet(nn.Module):
     def __init__(self, trunk: nn.Module, channels: int, *, pooling: str = "gem", neck: bool = True) -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"backbone.pooling={pooling!r} is unknown; valid choices: {', '.join(POOLINGS)}")
+            raise ValueError(f"backbone.pooling={pooling}: expected one of {', '.join(POOLINGS)}")
         self.trunk = trunk
         self.pool = GeM() if pooling == "gem" else (nn.AdaptiveAvgPool2d(1) if pooling == "avg" else nn.AdaptiveMaxPool2d(1))
         self.neck = nn.BatchNorm1d(channels) if neck else nn.Identity()

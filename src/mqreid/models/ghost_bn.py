@@ -57,7 +57,7 @@ class GhostBatchNorm(_BatchNorm):
     def __init__(self, num_features: int, group_size: int, **kwargs) -> None:
         super().__init__(num_features, **kwargs)
         if group_size < 1:
-            raise ValueError(f"train.bn_group must be >= 1, got {group_size}")
+            raise ValueError(f"train.bn_group={group_size}: expected an integer >= 1")
         self.group_size = group_size
         # set by set_process_group when a group spans processes: the group's ranks and their count
         self.process_group = None

@@ -27,7 +27,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"train.precision={precision}: expected one of {', '.join(PRECISIONS)}")
     return precision
 
 
