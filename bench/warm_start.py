@@ -2,6 +2,7 @@
 
     python bench/warm_start.py                        # the default set: random init vs warm start
     python bench/warm_start.py --retrain              # time the pretraining again (ignores the cache)
+    python bench/warm_start.py --retrain --package    # ... and write the result as the packaged warm start
 
 For random initialisation and for the warm start it prints the initial mAP / Rank-1 on the target's
 query/gallery, and the epoch-1 clustering of the target's training images (the trainer's own extraction,
@@ -22,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mqreid.engine.trainer import Trainer
-from mqreid.engine.warm_start import cache_path
+from mqreid.engine.warm_start import cache_path, packaged_path
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 CLUSTERERS = {"dbscan eps 0.6": ["clusterer=dbscan", "clusterer.eps=0.6"],
@@ -53,13 +54,28 @@ def measure(start: str, overrides: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--retrain", action="store_true", help="delete the cached warm start first, to time it")
+    ap.add_argument("--package", action="store_true",
+                    help="with --retrain: copy the trained weights to the package (src/mqreid/weights/)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for both starts")
     args = ap.parse_args()
+    with initialize_config_dir(CONF, version_base=None):
+        cfg = compose("config", overrides=args.overrides)
+        cache = cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root)
     if args.retrain:
-        with initialize_config_dir(CONF, version_base=None):
-            cfg = compose("config", overrides=args.overrides)
-            cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root).unlink(missing_ok=True)
-    rows = [measure(start, args.overrides) for start in ("false", "synthetic")]
+        cache.unlink(missing_ok=True)
+        shipped = packaged_path(cache)
+        hidden = shipped.with_name(shipped.name + ".hidden")
+        if shipped.is_file():  # retrain, do not copy the packaged file
+            shipped.rename(hidden)
+    try:
+        rows = [measure(start, args.overrides) for start in ("false", "synthetic")]
+    finally:
+        if args.retrain and hidden.is_file():
+            hidden.rename(shipped)
+    if args.package:
+        shipped.parent.mkdir(parents=True, exist_ok=True)
+        shipped.write_bytes(cache.read_bytes())
+        print(f"wrote {shipped}")
     print("| start | pretraining (s) | mAP | Rank-1 | " + " | ".join(f"{c}: clusters / outliers / ARI"
                                                                   for c in CLUSTERERS) + " |")
     print("|---|---|---|---|" + "---|" * len(CLUSTERERS))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from mqreid.data.transforms import build_test_transform
-from mqreid.engine.checkpoint import load_checkpoint
+from mqreid.engine.checkpoint import network_from_checkpoint
 from mqreid.engine.distributed import resolve_device
 from mqreid.evaluation import pairwise_distance
 from mqreid.models.precision import autocast, stored_precision
@@ -77,27 +77,8 @@ class ReIDModel:
         The backbone is built from the stored ``backbone`` config with ``pretrained=False`` (the checkpoint
         holds every weight) and the input size is the stored ``input.height`` x ``input.width``.
         """
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
-
-        state = load_checkpoint(path, map_location="cpu")
-        config = state["config"]
-        where = state["path"]
-        if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict) \
-                or "_target_" not in config["backbone"]:
-            raise ValueError(f"{where}: the stored config has no 'backbone' node with a '_target_'; "
-                             f"was the checkpoint written by train.py?")
-        size = config.get("input") or {}
-        if not isinstance(size, dict) or not isinstance(size.get("height"), int) \
-                or not isinstance(size.get("width"), int):
-            raise ValueError(f"{where}: the stored config lacks integer 'input.height' and 'input.width' "
-                             f"(got input={size!r})")
-        network = instantiate(OmegaConf.create(config["backbone"]), pretrained=False)
-        try:
-            network.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise ValueError(f"{where}: the weights do not fit the stored backbone "
-                             f"{config['backbone'].get('arch', config['backbone']['_target_'])}: {err}") from err
+        network, config, where = network_from_checkpoint(path)
+        size = config["input"]
         model = cls(network, (size["height"], size["width"]), device=device, batch_size=batch_size, config=config)
         model.path = where
         return model

@@ -89,3 +89,29 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     state["format"] = version
     state["path"] = str(path)
     return state
+
+
+def network_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """``(network, stored config, file read)`` of a checkpoint: the backbone rebuilt from the stored
+    ``backbone`` config with ``pretrained=False`` (the checkpoint holds every weight), on the CPU."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    state = load_checkpoint(path, map_location="cpu")
+    config, where = state["config"], state["path"]
+    if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict) \
+            or "_target_" not in config["backbone"]:
+        raise CheckpointError(f"{where}: the stored config has no 'backbone' node with a '_target_'; "
+                              f"was the checkpoint written by train.py?")
+    size = config.get("input") or {}
+    if not isinstance(size, dict) or not isinstance(size.get("height"), int) \
+            or not isinstance(size.get("width"), int):
+        raise CheckpointError(f"{where}: the stored config lacks integer 'input.height' and 'input.width' "
+                              f"(got input={size!r})")
+    network = instantiate(OmegaConf.create(config["backbone"]), pretrained=False)
+    try:
+        network.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{where}: the weights do not fit the stored backbone "
+                              f"{config['backbone'].get('arch', config['backbone']['_target_'])}: {err}") from err
+    return network, config, where

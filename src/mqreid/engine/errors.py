@@ -43,7 +43,8 @@ def exit_on_user_error() -> Iterator[None]:
         if found is None:
             raise
         message = str(found)
-        if isinstance(found, DatasetError) and "data_root" not in message:
+        if isinstance(found, DatasetError) and message.startswith(("missing folder", "missing CSV", "missing list")) \
+                and "data_root" not in message:
             message = f"{message}\n{DATA_ROOT_ADVICE}"
         print(f"Error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from mqreid.data.base import id_arrays
 from mqreid.data.transforms import build_test_transform
 from mqreid.evaluation import evaluate_retrieval
-from mqreid.inference import ReIDModel
+from mqreid.models.precision import stored_precision
 
-from .checkpoint import write_json_atomic
+from .checkpoint import network_from_checkpoint, write_json_atomic
 from .distributed import resolve_device
 from .features import extract_items
 from .pictures import ranked_lists
@@ -45,21 +45,21 @@ def evaluation_dataset(cfg: DictConfig, train_cfg: DictConfig, checkpoint: str):
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
-    reid = ReIDModel.from_checkpoint(to_absolute_path(str(cfg.checkpoint)), device=device)
-    model, train_cfg, checkpoint = reid.network, OmegaConf.create(reid.config), reid.path
+    network, stored, checkpoint = network_from_checkpoint(to_absolute_path(str(cfg.checkpoint)))
+    model, train_cfg, precision = network.to(device).eval(), OmegaConf.create(stored), stored_precision(stored)
     dataset = evaluation_dataset(cfg, train_cfg, checkpoint)
     eval_cfg = cfg.eval
     height, width = eval_cfg.height or train_cfg.input.height, eval_cfg.width or train_cfg.input.width
     transform = build_test_transform(height, width)
     features = {split: extract_items(model, getattr(dataset, split), transform, device,
                                      batch_size=eval_cfg.batch_size, num_workers=resolve_workers(eval_cfg.num_workers),
-                                     flip=eval_cfg.flip, precision=reid.precision, progress=cfg.progress,
+                                     flip=eval_cfg.flip, precision=precision, progress=cfg.progress,
                                      desc=split) for split in ("query", "gallery")}
     (query_pids, query_cams), (gallery_pids, gallery_cams) = id_arrays(dataset.query), id_arrays(dataset.gallery)
     rows = evaluate_retrieval(features["query"], features["gallery"], query_pids, gallery_pids, query_cams,
                               gallery_cams, metric=eval_cfg.metric, rerank=eval_cfg.rerank, k1=eval_cfg.k1,
                               k2=eval_cfg.k2, lambda_value=eval_cfg.lambda_value, device=device)
-    log.info("%s on %s (%dx%d input, %s as trained)\n%s", checkpoint, dataset.name, height, width, reid.precision,
+    log.info("%s on %s (%dx%d input, %s as trained)\n%s", checkpoint, dataset.name, height, width, precision,
              format_table(rows))
     out = Path(to_absolute_path(cfg.output)) if cfg.output else \
         Path(checkpoint).with_name(f"{Path(checkpoint).stem}_eval_{dataset.name}.json")
@@ -69,7 +69,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         if picture is not None:
             log.info("wrote %s", picture)
     result = {"checkpoint": checkpoint, "dataset": dataset.name, "input": [height, width],
-              "precision": reid.precision, **rows}
+              "precision": precision, **rows}
     write_json_atomic(out, result)
     log.info("wrote %s", out)
     return result

@@ -481,11 +481,11 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`checkpoint_state` (``last.pt``)."""
         if "optimizer" not in state:
-            raise ValueError(f"resume={self.cfg.resume}: {state['path']} holds only weights (best.pt); resume from "
+            raise ConfigError(f"resume={self.cfg.resume}: {state['path']} holds only weights (best.pt); resume from "
                              f"last.pt or the run directory")
         refused, allowed = config_changes(state["config"], OmegaConf.to_container(self.cfg, resolve=True))
         if refused:
-            raise ValueError(f"resume={self.cfg.resume}: these settings differ from the checkpoint's and would change "
+            raise ConfigError(f"resume={self.cfg.resume}: these settings differ from the checkpoint's and would change "
                              f"the run:\n" + "\n".join(f"  - {line}" for line in refused) + "\nResume without these "
                              f"overrides, or start a new run. Settings that may change on resume: "
                              f"{', '.join(RESUMABLE_CHANGES)}.")

@@ -7,9 +7,13 @@ seed), stronger camera colour models and more sensor noise than the target set. 
 with identity labels there (normalised-softmax classification), and only its trunk is kept, as an
 ImageNet checkpoint would be: the pooling and the BN neck start fresh.
 
-The weights are trained on first use and cached under ``<data_root>/pretrained/``, in a file named by
-everything that shapes them (the backbone, the input size, the source domain and the schedule), written
-atomically like the generated datasets, and reused by every later run.
+The weights are cached under ``<data_root>/pretrained/``, in a file named by everything that shapes them
+(the backbone, the input size, the source domain and the schedule), written atomically like the generated
+datasets, and reused by every later run. The default recipe's file (the small CNN at 64x32) ships with the
+package (``mqreid/weights/``, 2.3 MB), so a first run copies it instead of training for minutes;
+``python bench/warm_start.py --retrain --package`` trains it again and writes the packaged file, and a
+test checks that a fresh training matches the packaged one in quality. Weights are stored in float16
+(half the bytes; loaded into float32 models), whether trained here or shipped, so both start alike.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from mqreid.data.transforms import build_train_transform
 
 log = logging.getLogger(__name__)
 
-_VERSION = 2  # bump when the training below changes, so cached weights are not reused by mistake
-# (2: the colour jitter runs on uint8 tensors, torchvision's tensor kernels, instead of PIL images)
+_VERSION = 3  # bump when the training below changes, so cached weights are not reused by mistake
+# (2: the colour jitter runs on uint8 tensors, torchvision's tensor kernels, instead of PIL images;
+#  3: weights stored in float16)
+PACKAGED = Path(__file__).resolve().parents[1] / "weights"  # warm starts shipped with the package
 TRUNK_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")  # torchvision ResNet
 
 
@@ -121,7 +127,12 @@ def pretrain(backbone: DictConfig, height: int, width: int, data_root: str | Pat
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return _trunk_state(model, backbone.arch)
+    return {k: v.half() if v.is_floating_point() else v for k, v in _trunk_state(model, backbone.arch).items()}
+
+
+def packaged_path(cache: Path) -> Path:
+    """Where the package would ship the warm start cached as ``cache`` (same file name)."""
+    return PACKAGED / cache.name
 
 
 def synthetic_weights(backbone: DictConfig, height: int, width: int, data_root: str | Path, *,
@@ -129,6 +140,10 @@ def synthetic_weights(backbone: DictConfig, height: int, width: int, data_root: 
                       device: torch.device | None = None) -> Path:
     """Path of the cached warm-start trunk weights; trains and caches them on first use."""
     path = cache_path(backbone, height, width, data_root)
+    shipped = packaged_path(path)
+    if not path.is_file() and shipped.is_file():
+        log.info("backbone.pretrained=synthetic: the packaged warm start %s (cached as %s)", shipped.name, path)
+        write_atomic(path, lambda f: f.write(shipped.read_bytes()))
     if not path.is_file():
         log.info("backbone.pretrained=synthetic: training the warm start once (cached as %s)", path)
         start = time.perf_counter()
@@ -138,4 +153,4 @@ def synthetic_weights(backbone: DictConfig, height: int, width: int, data_root: 
     return path
 
 
-__all__ = ["SOURCE", "SourceDomain", "cache_path", "pretrain", "synthetic_weights"]
+__all__ = ["PACKAGED", "SOURCE", "SourceDomain", "cache_path", "packaged_path", "pretrain", "synthetic_weights"]
