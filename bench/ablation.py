@@ -21,8 +21,8 @@ Steps:
    that has no results.json is first moved to <dir>/.incomplete/ (the trainer would append to its
    metrics.jsonl). Jobs run one after another: Hydra's basic launcher has no parallel mode; to spread a
    grid over machines, run subsets of the sweep values into separate folders and report them together
-   (python -m mqreid.report DIR1 DIR2 ...).
-4. python -m mqreid.report <dir> [--baseline ...] [--metric ...] writes report.md, report.csv and
+   (mqreid-report DIR1 DIR2 ...).
+4. mqreid-report <dir> [--baseline ...] [--metric ...] writes report.md, report.csv and
    report.png into <dir> and prints the table: per setting mean ± std over seeds, and the paired
    difference to the baseline with its standard error and 95 % confidence interval.
 
@@ -43,8 +43,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mqreid.report import METRICS, find_jobs
-from mqreid.report import main as report
+from mqreid.tools.report import METRICS, find_jobs
+from mqreid.tools.report import main as report
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="OVERRIDE",
                     help="extra Hydra overrides for every job (a comma list is swept too)")
     ap.add_argument("--dir", type=Path, default=None, help="the sweep folder (default: bench/runs/<sweep>)")
-    ap.add_argument("--baseline", default=None, help="passed to mqreid.report, e.g. \"memory=centroid temp=fixed\"")
-    ap.add_argument("--metric", default="mAP", choices=METRICS, help="passed to mqreid.report (default: mAP)")
+    ap.add_argument("--baseline", default=None, help="passed to mqreid-report, e.g. \"memory=centroid temp=fixed\"")
+    ap.add_argument("--metric", default="mAP", choices=METRICS, help="passed to mqreid-report (default: mAP)")
     ap.add_argument("--dry-run", action="store_true", help="list the jobs (done / to run) and the commands, run nothing")
     args = ap.parse_args(argv)
     if not (CONF / "sweep" / f"{args.sweep}.yaml").is_file():

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import CONF, REPO
-from mqreid import report as rp
+from mqreid.tools import report as rp
 
 spec = importlib.util.spec_from_file_location("ablation", REPO / "bench" / "ablation.py")
 ablation = importlib.util.module_from_spec(spec)

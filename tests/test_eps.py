@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from mqreid.eps import main, parse_eps, run_eps_sweep  # noqa: E402
+from mqreid.tools.eps import main, parse_eps, run_eps_sweep  # noqa: E402
 
 from tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
 

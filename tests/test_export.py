@@ -1,4 +1,4 @@
-"""ONNX export: python -m mqreid.export gives a graph that matches PyTorch at any batch size."""
+"""ONNX export: mqreid-export gives a graph that matches PyTorch at any batch size."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mqreid.export import export_onnx, main
+from mqreid.tools.export import export_onnx, main
 from mqreid.inference import ReIDModel
 
 from tiny_checkpoint import write_tiny_checkpoint

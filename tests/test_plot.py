@@ -11,7 +11,7 @@ from PIL import Image
 
 pytest.importorskip("matplotlib")
 
-from mqreid.plot import load_series, main, plot_runs, read_metrics  # noqa: E402
+from mqreid.tools.plot import load_series, main, plot_runs, read_metrics  # noqa: E402
 
 
 def write_run(folder, epochs=4, labels=True):

@@ -1,4 +1,4 @@
-"""mqreid.report on fabricated multirun folders whose statistics are known by construction."""
+"""mqreid-report on fabricated multirun folders whose statistics are known by construction."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from mqreid import report as rp
+from mqreid.tools import report as rp
 
 COMMON = ["sweep=memory_temp_clusterer", "train.epochs=8"]
 
@@ -321,7 +321,7 @@ def test_errors_for_missing_or_empty_folders(tmp_path, capsys):
 def test_module_entry_point(multirun):
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "mqreid.report", str(multirun), "--metric", "rank1"],
+    proc = subprocess.run([sys.executable, "-m", "mqreid.tools.report", str(multirun), "--metric", "rank1"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Δ final Rank-1" in proc.stdout and (multirun / "report.csv").is_file()

@@ -9,11 +9,10 @@ ImageNet checkpoint would be: the pooling and the BN neck start fresh.
 
 The weights are cached under ``<data_root>/pretrained/``, in a file named by everything that shapes them
 (the backbone, the input size, the source domain and the schedule), written atomically like the generated
-datasets, and reused by every later run. The default recipe's file (the small CNN at 64x32) ships with the
-package (``mqreid/weights/``, 2.3 MB), so a first run copies it instead of training for minutes;
-``python bench/warm_start.py --retrain --package`` trains it again and writes the packaged file, and a
-test checks that a fresh training matches the packaged one in quality. Weights are stored in float16
-(half the bytes; loaded into float32 models), whether trained here or shipped, so both start alike.
+datasets, and reused by every later run. A file of the same name in the package (``mqreid/weights/``) is
+copied into the cache instead of being trained; ``python bench/warm_start.py --retrain --package`` trains
+the default recipe's and writes it there. Weights are stored in float16 (half the bytes; loaded into
+float32 models), whether trained or packaged, so both start alike.
 """
 
 from __future__ import annotations

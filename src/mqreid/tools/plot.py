@@ -1,7 +1,7 @@
 """Training curves of one or more runs from their ``metrics.jsonl``.
 
-    python -m mqreid.plot outputs/2026-11-24/10-00-00                 # -> <run>/curves.png
-    python -m mqreid.plot multirun/.../0 multirun/.../1 [--out cmp.png]  # overlaid -> <parent of 0>/curves_compare.png
+    mqreid-plot outputs/2026-11-24/10-00-00                 # -> <run>/curves.png
+    mqreid-plot multirun/.../0 multirun/.../1 [--out cmp.png]  # overlaid -> <parent of 0>/curves_compare.png
 
 Four panels against the epoch: mAP and Rank-1 (evaluated epochs, epoch 0 = before training); the number of
 clusters and the outlier ratio; pseudo-label quality (ARI, NMI, purity; only when the training ids are
@@ -174,7 +174,7 @@ def plot_runs(runs: Sequence[str | os.PathLike], out: str | os.PathLike | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mqreid.plot", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="mqreid-plot", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or their metrics.jsonl files)")
     parser.add_argument("--out", metavar="PNG", help="the picture to write (default: <run>/curves.png for one run, "
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = plot_runs(args.runs, args.out)
     except (FileNotFoundError, ValueError) as err:
-        print(f"mqreid.plot: error: {err}", file=sys.stderr)
+        print(f"mqreid-plot: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0

@@ -1,6 +1,6 @@
 """How the DBSCAN radius ``eps`` shapes the clusters of a trained checkpoint.
 
-    python -m mqreid.eps outputs/.../checkpoints/best.pt [--eps 0.3:0.8:0.02 | --eps 0.4 0.5 0.6]
+    mqreid-eps outputs/.../checkpoints/best.pt [--eps 0.3:0.8:0.02 | --eps 0.4 0.5 0.6]
                          [--out eps_sweep.png] [--gallery clusters.png] [--data-root DIR]
 
 Embeds the training set of the checkpoint's dataset (its stored ``dataset`` config; ``--data-root`` replaces
@@ -203,7 +203,7 @@ def eps_figure(sweep: EpsSweep) -> Figure:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mqreid.eps", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="mqreid-eps", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .pt written by train.py (best.pt, last.pt) or a run directory")
     parser.add_argument("--eps", nargs="+", default=[DEFAULT_EPS], metavar="EPS",
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                               batch_size=args.batch_size, num_workers=args.num_workers,
                               progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"mqreid.eps: error: {err}", file=sys.stderr)
+        print(f"mqreid-eps: error: {err}", file=sys.stderr)
         return 2
     print(f"DBSCAN on {sweep.dataset} training set ({sweep.num_images} images"
           + (f", {sweep.num_true_ids} true ids" if sweep.num_true_ids is not None else "") + "); * = configured eps")

@@ -1,6 +1,6 @@
 """Export a checkpoint's embedding network to ONNX.
 
-    python -m mqreid.export outputs/.../checkpoints/best.pt --onnx reid.onnx [--opset 18]
+    mqreid-export outputs/.../checkpoints/best.pt --onnx reid.onnx [--opset 18]
 
 The graph takes ``images``: float32 [B, 3, H, W], already resized to the checkpoint's input size and
 normalised with the ImageNet mean and standard deviation (what :attr:`mqreid.ReIDModel.transform` gives),
@@ -89,7 +89,7 @@ def onnx_max_abs_diff(path: str | Path, model: ReIDModel, *, batch_size: int = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mqreid.export", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="mqreid-export", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .pt written by train.py (best.pt, last.pt) or a run directory")
     parser.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         model = ReIDModel.from_checkpoint(args.checkpoint, device=args.device)
         out = export_onnx(model, args.onnx, opset=args.opset, exporter=args.exporter)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
-        print(f"mqreid.export: error: {err}", file=sys.stderr)
+        print(f"mqreid-export: error: {err}", file=sys.stderr)
         return 2
     height, width = model.input_size
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, opset {args.opset}, {args.exporter} exporter): "
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     diff = onnx_max_abs_diff(out, model, batch_size=batch)
     print(f"max abs difference to PyTorch on a random batch of {batch}: {diff:.3g}")
     if not diff <= args.tolerance:
-        print(f"mqreid.export: error: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
+        print(f"mqreid-export: error: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
         return 1
     return 0
 

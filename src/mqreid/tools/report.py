@@ -1,7 +1,7 @@
 """Summarise a Hydra multirun of ``train.py``: one row per setting, mean ± std over seeds, paired differences.
 
-    python -m mqreid.report multirun/2026-11-24/10-00-00
-    python -m mqreid.report <multirun dir> [<more dirs>] [--baseline "memory=centroid temp=fixed"]
+    mqreid-report multirun/2026-11-24/10-00-00
+    mqreid-report <multirun dir> [<more dirs>] [--baseline "memory=centroid temp=fixed"]
                             [--metric mAP] [--out-dir DIR]
 
 Every folder below the given folder(s) that holds ``.hydra/overrides.yaml`` is a job, at any depth, so any
@@ -638,7 +638,7 @@ def write_report(report: Report, out_dir: str | Path) -> tuple[list[Path], list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mqreid.report", description=__doc__,
+    ap = argparse.ArgumentParser(prog="mqreid-report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
                     help="multirun folder(s) of `python train.py -m ...` (searched recursively for jobs)")
