@@ -21,7 +21,7 @@ import numpy as np
 
 
 def synthetic_features(n: int, dim: int, ids: int, seed: int = 0,
-                       out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       out: np.ndarray | None = None, noise_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """[n, dim] float32 unit rows and their identity labels [n].
 
     Identity centres come in groups of ~10 similar ones (spread 0.45 around a group centre) and
@@ -29,13 +29,14 @@ def synthetic_features(n: int, dim: int, ids: int, seed: int = 0,
     confused about as much as early-epoch re-ID features (DBSCAN at eps 0.6: ARI ~0.8).
     Rows are drawn in chunks and written into ``out`` when given (e.g. a float16 memmap: 1M x 2048
     then needs 4 GB of disk and little memory); the values do not depend on the chunking.
+    ``noise_scale`` multiplies the noise (< 1: tighter identities).
     """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, ids, n)
     groups = rng.standard_normal((ids // 10 + 1, dim), dtype=np.float32)
     centres = groups[rng.integers(0, len(groups), ids)]
     centres += 0.45 * rng.standard_normal((ids, dim), dtype=np.float32)
-    noise = rng.uniform(1.0, 1.6, ids).astype(np.float32) * np.sqrt(1 + 0.45**2, dtype=np.float32)
+    noise = rng.uniform(1.0, 1.6, ids).astype(np.float32) * np.sqrt(1 + 0.45**2, dtype=np.float32) * np.float32(noise_scale)
     x = np.empty((n, dim), np.float32) if out is None else out
     for s in range(0, n, 1 << 15):
         chunk = rng.standard_normal((min(1 << 15, n - s), dim), dtype=np.float32)

@@ -3,9 +3,10 @@
     python bench/trace_memory.py --n 100000            # the features of bench_scale.py (generated on first use)
     python bench/trace_memory.py --n 100000 --cache-knn  # keep the kNN lists in the temp folder for a rerun
 
-Each stage (input check, kNN, expanded k-reciprocal sets, pair similarities, encoding, overlaps) prints the
-memory traced before it, its peak and what it left; numpy's and Python's allocations are traced (faiss's
-own are not). ``--cache-knn`` saves the kNN lists after the first run and loads them in later runs, so a
+Each stage (input check, kNN, reciprocal sets, expanded sets, pair similarities, encoding, overlaps) prints the
+memory traced before it, its peak and what it left; numpy's and Python's allocations are traced, faiss's and
+torch's are not (the kNN lists and the encoding's arrays are torch tensors: for those stages compare the peak
+RSS of bench_scale.py). ``--cache-knn`` saves the kNN lists after the first run and loads them in later runs, so a
 change to the later stages can be traced again without the kNN's minutes.
 """
 
@@ -26,7 +27,7 @@ from bench_scale import features_file
 
 from mqreid.cluster import jaccard
 
-STAGES = ("as_unit_features", "knn_search", "_expanded_sets", "_pair_similarities", "k_reciprocal_encoding",
+STAGES = ("as_unit_features", "knn_search", "reciprocal_mask", "_expanded_entries", "_pair_dots", "_encode",
           "min_overlap")
 
 
@@ -61,12 +62,12 @@ def main(argv=None) -> None:
     if args.cache_knn:
         path = Path(args.dir) / f"mqreid_knn_{args.n}x{args.dim}_s{args.seed}_k{args.k1}_{args.knn}.npz"
 
-        def search(features, k, backend="auto", _search=jaccard.knn_search):
+        def search(features, k, _search=jaccard.knn_search, **kwargs):
             if path.exists():
                 z = np.load(path)
                 return z["sims"], z["idx"]
-            sims, idx = _search(features, k, backend=backend)
-            np.savez(path, sims=sims, idx=idx)
+            sims, idx = _search(features, k, **kwargs)
+            np.savez(path, sims=np.asarray(sims.cpu()), idx=np.asarray(idx.cpu()))
             return sims, idx
     tracemalloc.start()
     jaccard.knn_search = search

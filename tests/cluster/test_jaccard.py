@@ -1,13 +1,15 @@
-"""The sparse Jaccard distance against an explicit dense, loop-based version of the six steps."""
+"""The sparse Jaccard distance against an explicit dense, loop-based version of the six steps, and the
+encoding (torch ops on the features' device) against a scipy/numpy formulation of the same steps."""
+
+import logging
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from mqreid.cluster import jaccard_distance
-from mqreid.cluster import jaccard
-from mqreid.cluster.jaccard import min_overlap
+from mqreid.cluster import jaccard, jaccard_distance, knn_search
+from mqreid.cluster.jaccard import k_reciprocal_encoding, min_overlap, reciprocal_sets
 
 
 def blobs(n=120, d=16, centres=8, noise=0.35, seed=0):
@@ -143,3 +145,102 @@ def test_input_validation_and_normalisation():
         jaccard_distance(x, k1=0)
     scaled = jaccard_distance(x * 3.0, k1=8, k2=3)
     assert abs(scaled - jaccard_distance(x, k1=8, k2=3)).max() < 1e-6
+
+
+def scipy_encoding(x, rank, sims, k1, k2, row_scale=None):
+    """Steps 2-5 with scipy sparse matrices and Python sets, a second formulation to compare the
+    device encoding with: reciprocal sets as ``A .* A^T`` of the binary rank-prefix matrix, the
+    expansion test per row, similarities looked up in the kNN lists or computed, query expansion as
+    a scipy product."""
+    n, length = rank.shape
+
+    def prefix(width):
+        width = min(width, length)
+        a = sp.csr_matrix((np.ones(n * width), (np.repeat(np.arange(n), width), rank[:, :width].ravel())), shape=(n, n))
+        a.sum_duplicates()
+        a.data[:] = 1.0
+        return a
+
+    def recip(k):
+        a = prefix(k + 1)
+        r = a.multiply(a.T).tocsr()
+        r.sort_indices()
+        return r
+
+    r1, rh = recip(k1), recip(int(np.around(k1 / 2)))
+    rows, cols = [], []
+    r1_keys = set(zip(*r1.nonzero()))
+    for i in range(n):
+        expanded = set(r1.indices[r1.indptr[i]:r1.indptr[i + 1]])
+        for c in r1.indices[r1.indptr[i]:r1.indptr[i + 1]]:
+            half = rh.indices[rh.indptr[c]:rh.indptr[c + 1]]
+            if sum((i, j) in r1_keys for j in half) > 2 / 3 * len(half):
+                expanded |= set(half)
+        rows += [i] * len(expanded)
+        cols += sorted(expanded)
+    rows, cols = np.array(rows), np.array(cols)
+    lookup = {(i, j): s for i in range(n) for j, s in zip(rank[i], sims[i])}
+    dots = np.einsum("ij,ij->i", x[rows], x[cols])  # float32 products and sums, as the CPU path computes them
+    cos = np.array([lookup.get((i, j), d) for i, j, d in zip(rows, cols, dots)], np.float64)
+    logits = -(2.0 - 2.0 * cos)
+    if row_scale is not None:
+        logits = logits / row_scale[rows]
+    row_max = np.full(n, -np.inf)
+    np.maximum.at(row_max, rows, logits)
+    w = np.exp(logits - row_max[rows])
+    w /= np.bincount(rows, weights=w, minlength=n)[rows]
+    v = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+    if k2 != 1:
+        v = (prefix(k2) / float(min(k2, length)) @ v).tocsr()
+    v.sort_indices()
+    return v
+
+
+@pytest.mark.parametrize("n,k1,k2,extra", [(400, 20, 6, 0), (300, 7, 1, 0), (250, 10, 3, 1), (60, 30, 6, 0)])
+def test_encoding_equals_the_scipy_formulation(n, k1, k2, extra):
+    """Same sets exactly, same weights to float64 rounding (the exponentials and sums may differ in
+    the last bit); ``extra`` > 0: rankings longer than k1 with a per-row scale, as the re-ranking
+    passes them."""
+    x = blobs(n=n, d=16, centres=6, noise=0.5, seed=n)
+    sims, rank = knn_search(x, min(k1 + extra, n), backend="torch")
+    scale = 1.0 + np.random.default_rng(0).random(n) if extra else None
+    ref = scipy_encoding(x, rank, sims, k1, k2, scale)
+    for r, s in ((rank, sims), (torch.from_numpy(rank), torch.from_numpy(sims))):
+        v = k_reciprocal_encoding(torch.from_numpy(x), r, s, k1, k2, row_scale=scale)
+        assert np.array_equal(v.indptr, ref.indptr) and np.array_equal(v.indices, ref.indices)
+        assert np.allclose(v.data, ref.data, rtol=1e-13, atol=0)
+    assert np.allclose(np.asarray(ref.sum(1)).ravel(), 1.0)
+    r1 = reciprocal_sets(rank, k1)
+    dense = np.zeros((n, n), bool)
+    for i in range(n):
+        for j in rank[i, :k1 + 1]:
+            dense[i, j] = i in rank[j, :k1 + 1]
+    assert np.array_equal(r1.toarray() > 0, dense)
+
+
+def test_log_line_names_each_steps_device(caplog):
+    x = torch.from_numpy(blobs(n=200, seed=4))
+    with caplog.at_level(logging.INFO, logger="mqreid.cluster"):
+        jaccard_distance(x, 20, 6, knn="torch")
+        from mqreid.cluster import DBSCANClusterer
+
+        DBSCANClusterer(eps=0.6, k1=20, knn="torch").fit(x)
+    jac, db = [r.getMessage() for r in caplog.records if r.getMessage().startswith(("Jaccard distance", "DBSCAN"))]
+    assert "kNN " in jac and "s (cpu), encoding " in jac and "s (cpu), overlap " in jac
+    assert "s (cpu), DBSCAN " in db and db.count("(cpu)") == 4
+
+
+def test_accelerator_code_path_on_the_cpu(monkeypatch):
+    """With ``NUMPY_ON_HOST`` off, the CPU runs the torch primitives that accelerators run (sort,
+    searchsorted, nonzero, pair dot products): same sets, same weights up to float32 rounding of the
+    computed similarities, the same graph within eps."""
+    x = blobs(n=500, d=16, centres=8, noise=0.5, seed=9)
+    sims, rank = knn_search(x, 20, backend="torch")
+    host = k_reciprocal_encoding(torch.from_numpy(x), rank, sims, 20, 6)
+    graph = jaccard_distance(x, 20, 6, knn="torch", max_distance=0.6)
+    monkeypatch.setattr(jaccard, "NUMPY_ON_HOST", False)
+    device = k_reciprocal_encoding(torch.from_numpy(x), rank, sims, 20, 6)
+    assert np.array_equal(host.indptr, device.indptr) and np.array_equal(host.indices, device.indices)
+    assert np.allclose(host.data, device.data, rtol=1e-6, atol=0)
+    other = jaccard_distance(x, 20, 6, knn="torch", max_distance=0.6)
+    assert abs(graph - other).max() < 1e-6 and abs(graph.nnz - other.nnz) <= 2

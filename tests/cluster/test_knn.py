@@ -83,7 +83,7 @@ def test_auto_falls_back_without_faiss(monkeypatch, caplog):
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
     with caplog.at_level(logging.INFO, logger="mqreid.cluster.knn"):
-        assert resolve_backend("auto") == "torch"
+        assert resolve_backend("auto").backend == "torch"
         _, idx = knn_search(unit(20), 3)
     assert "torch" in caplog.text and idx.shape == (20, 3)
     with pytest.raises(ValueError, match="faiss"):
@@ -99,3 +99,25 @@ def test_validation():
         knn_search(np.zeros((3, 2)), 1)
     with pytest.raises(ValueError, match="k"):
         knn_search(unit(5), 0)
+
+
+def test_accelerator_candidates_on_the_cpu(monkeypatch):
+    """The accelerator kernel (full-width GEMM panels + top-k, pure torch) run on CPU tensors through
+    knn_search: same lists and tie order as brute force."""
+    from mqreid.cluster import knn as knn_module
+
+    def panels(xn, yn, m, block):
+        return knn_module._device_candidates(torch.from_numpy(xn), None if yn is None else torch.from_numpy(yn), m, block)
+
+    monkeypatch.setattr(knn_module, "_blocked_candidates", panels)
+    x = unit(70)
+    _, idx = knn_search(x, 9, backend="torch", block_size=16)
+    assert np.array_equal(idx, brute_force(x, x, 9, True))
+    q, base = unit(13, seed=1), unit(40, seed=2)
+    assert np.array_equal(knn_search(q, 5, base=base, backend="torch", block_size=8)[1], brute_force(q, base, 5, False))
+    dup = np.repeat(unit(3), 4, axis=0)  # ties across the cut are recomputed in the documented order
+    _, idx = knn_search(dup, 3, backend="torch", block_size=5)
+    assert all(idx[i, 0] == i and list(idx[i, 1:]) == [j for j in range(12) if j // 4 == i // 4 and j != i][:2]
+               for i in range(12))
+    sims, idx = knn_search(torch.from_numpy(x), 4, backend="torch", exclude_self=True, as_tensors=True)
+    assert isinstance(idx, torch.Tensor) and idx.shape == (70, 4) and np.array_equal(idx.numpy(), brute_force(x, x, 5, True)[:, 1:])

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from mqreid.cluster.jaccard import jaccard_distance
+from mqreid.cluster.jaccard import format_steps, jaccard_distance, jaccard_distance_with_steps
 from mqreid.cluster.knn import check_params
 from mqreid.cluster.labels import cluster_summary
 
@@ -79,20 +79,23 @@ class DBSCANClusterer:
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""
         self._validate()
         start = time.perf_counter()
-        graph = jaccard_distance(features, self.k1, self.k2, knn=self.knn, max_distance=self.eps)
-        return self._fit(graph, start)
+        graph, steps = jaccard_distance_with_steps(features, self.k1, self.k2, self.knn, self.eps)
+        return self._fit(graph, start, steps)
 
     def fit_graph(self, graph: sp.spmatrix) -> DBSCANClusterer:
         """Cluster a precomputed sparse Jaccard ``graph`` [N, N] (absent entries = distance 1)."""
         self._validate()
         return self._fit(_check_graph(graph), time.perf_counter())
 
-    def _fit(self, graph: sp.csr_matrix, start: float) -> DBSCANClusterer:
+    def _fit(self, graph: sp.csr_matrix, start: float, steps=()) -> DBSCANClusterer:
         self.graph_ = graph
+        t0 = time.perf_counter()
         self.labels_ = dbscan_on_graph(graph, self.eps, self.min_samples)
+        steps = [*steps, ("DBSCAN", time.perf_counter() - t0, "cpu")]  # scikit-learn, on the host
         clusters, outliers = cluster_summary(self.labels_)
-        log.info("DBSCAN eps=%.3f: %d clusters, %.1f%% outliers, %.2fs",
-                 self.eps, clusters, 100 * outliers, time.perf_counter() - start)
+        log.info("DBSCAN eps=%.3f: %d clusters, %.1f%% outliers; N=%d, %d graph pairs; %s; total %.2f s",
+                 self.eps, clusters, 100 * outliers, graph.shape[0], graph.nnz, format_steps(steps),
+                 time.perf_counter() - start)
         return self
 
     def fit_predict(self, features, y=None) -> np.ndarray:

@@ -9,7 +9,8 @@ import warnings
 import infomap
 import numpy as np
 
-from mqreid.cluster.knn import check_params, knn_search
+from mqreid.cluster.jaccard import format_steps
+from mqreid.cluster.knn import check_params, device_type, knn_search, resolve_backend
 from mqreid.cluster.labels import cluster_summary, relabel_contiguous
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,12 @@ class InfomapClusterer:
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""
         self._validate()
         start = time.perf_counter()
-        sims, idx = knn_search(features, self.k, backend=self.knn, exclude_self=True)
+        shape = tuple(getattr(features, "shape", ()))
+        choice = resolve_backend(self.knn, shape[0] if shape else 0, shape[1] if len(shape) == 2 else 0,
+                                 device_type(features))
+        sims, idx = knn_search(features, self.k, backend=choice, exclude_self=True)
+        steps = [("kNN", time.perf_counter() - start, choice.device)]
+        t0 = time.perf_counter()
         n = len(idx)
         src = np.repeat(np.arange(n), idx.shape[1])
         keep = sims.ravel() >= self.min_sim
@@ -77,9 +83,10 @@ class InfomapClusterer:
         has_link = np.bincount(src, minlength=n) > 0
         labels[~has_link] = -1
         self.labels_ = relabel_contiguous(labels, self.min_cluster_size)
+        steps.append(("Infomap", time.perf_counter() - t0, "cpu"))  # the infomap package runs on the host
         clusters, outliers = cluster_summary(self.labels_)
-        log.info("Infomap: %d clusters, %.1f%% outliers, %.2fs", clusters, 100 * outliers,
-                 time.perf_counter() - start)
+        log.info("Infomap: %d clusters, %.1f%% outliers; N=%d, %d links; %s; total %.2f s", clusters,
+                 100 * outliers, n, len(src), format_steps(steps), time.perf_counter() - start)
         return self
 
     def fit_predict(self, features, y=None) -> np.ndarray:

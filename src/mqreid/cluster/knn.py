@@ -2,15 +2,21 @@
 
 Backends (``knn=`` of the clusterers):
 
-- ``torch``: exact; blocked GEMM over the upper triangle of the symmetric similarity matrix (numpy
-  BLAS on CPU, full-width panels + top-k on an accelerator).
-- ``faiss``: exact; faiss ``IndexFlatIP`` (computes all N x N similarities; a GPU index for CUDA
-  features when faiss has GPU support).
-- ``approx``: approximate, for N beyond exact reach (needs faiss): an inverted-file partition by
-  faiss k-means, searched cell by cell with one GEMM per cell (:func:`_approx_candidates`).
-- ``auto``: ``torch`` up to :data:`AUTO_APPROX_ABOVE` points (measured faster than ``faiss``,
-  which computes both triangles); above it ``approx`` when faiss imports, else ``torch`` with a
-  warning giving the expected time.
+- ``torch``: exact, on the features' device; blocked GEMM over the upper triangle of the symmetric
+  similarity matrix (numpy BLAS on CPU, full-width panels + top-k on an accelerator).
+- ``faiss``: exact; faiss ``IndexFlatIP`` (computes all N x N similarities). CUDA features get a
+  GPU index when faiss has GPU support (the ``mqreid[faiss-gpu]`` extra); without it they are
+  searched on the CPU, with a warning.
+- ``approx``: approximate, for N beyond exact reach (needs faiss), on the CPU: an inverted-file
+  partition by faiss k-means, searched cell by cell with one GEMM per cell, then checked: rows
+  whose lists may miss neighbours are searched further (:func:`_approx_candidates`).
+- ``auto``: on the CPU ``torch`` up to :data:`AUTO_APPROX_ABOVE` points (measured faster than
+  ``faiss``, which computes both triangles), above it ``approx`` when faiss imports, else ``torch``
+  with a warning giving the expected time. On an accelerator ``torch`` on the device up to
+  :data:`DEVICE_EXACT_MACS` multiply-adds (N^2 D), above it ``approx``.
+
+The choice is a pure function, :func:`choose_backend`, of the request, N, D, the device type and
+faiss's support; :func:`resolve_backend` logs it with the device and the reason.
 
 Tie order (identical on the exact backends): neighbours are sorted by decreasing similarity;
 among equal similarities the point itself comes first (self-search only), then the lower index.
@@ -22,27 +28,62 @@ against every base point, so which of several tied points are kept never depends
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Literal
+from collections.abc import Iterator
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
+from scipy.special import ndtr
 
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "faiss", "torch", "approx"]
 BACKENDS = ("auto", "faiss", "torch", "approx")
+FaissSupport = Literal["none", "cpu", "gpu"]
 _NORM_TOL = 1e-3
-# Largest N that ``auto`` searches exactly: the exact kNN costs N^2 * D multiply-adds (upper
+# Largest N that ``auto`` searches exactly on the CPU: the exact kNN costs N^2 * D multiply-adds (upper
 # triangle), 2.6 min at 100k x 2048 on the 2-core development CPU and growing quadratically.
 AUTO_APPROX_ABOVE = 100_000
-_EXACT_FLOPS = 1e11  # multiply-adds per second assumed for the expected time in the warning
+# Largest N^2 * D that ``auto`` searches exactly on an accelerator (full-width panels, both triangles):
+# at ~1e13 fp32 multiply-adds per second (an A100; an H100 is ~3x faster) 1M x 2048 (2e15) takes ~3.5 min
+# and this limit (~2.2M points at D = 2048, 6.2M at D = 256) ~17 min, about what the CPU cell search
+# takes there on a many-core host.
+DEVICE_EXACT_MACS = 1e16
+_EXACT_FLOPS = 1e11  # CPU multiply-adds per second assumed for the expected time in the warning
+_DEVICE_MACS = 1e13  # accelerator multiply-adds per second assumed for the expected time
 # approx: cells = CELLS_PER_SQRT_N * sqrt(N) k-means cells (faiss's guideline is 4-16 sqrt(N));
 # each cell is searched in its PROBE_CELLS nearest cells (itself included).
 CELLS_PER_SQRT_N = 4
 PROBE_CELLS = 16
+# approx, the check of every row (see _approx_candidates): the CENTROIDS_KEPT nearest centroids of
+# each point are kept from its cell assignment; a row whose expected number of missed neighbours
+# exceeds MISS_BUDGET is searched in up to WIDEN_CELLS more cells, or against all points; the lists
+# of CHECK_RANDOM random rows and of the CHECK_ISOLATED most isolated ones are then compared with an
+# exact search, and the budget is divided by 10 (up to CHECK_ROUNDS times) until both recalls
+# reach RECALL_TARGET.
+CENTROIDS_KEPT = 32
+MISS_BUDGET = 0.25
+WIDEN_CELLS = 32
+CHECK_RANDOM = 500
+CHECK_ISOLATED = 100
+CHECK_ROUNDS = 4
+RECALL_TARGET = 0.99
+_TAIL_BINS = 16
 _CHUNK = 1 << 16  # rows converted to float32 at a time when features are float16
+
+
+class KnnChoice(NamedTuple):
+    """A resolved backend: ``backend`` (``torch``, ``faiss`` or ``approx``), ``device`` (where the
+    search runs: ``cpu``, ``cuda``, ...), ``reason`` (logged) and ``warn`` (log as a warning: the
+    search runs somewhere slower than the features' device, or takes long)."""
+
+    backend: str
+    device: str
+    reason: str
+    warn: bool = False
 
 
 def as_unit_features(features: torch.Tensor | np.ndarray, name: str = "features",
@@ -80,6 +121,32 @@ def as_unit_features(features: torch.Tensor | np.ndarray, name: str = "features"
     return x.contiguous()
 
 
+@contextlib.contextmanager
+def single_threaded_on_host(device: torch.device) -> Iterator[None]:
+    """Run torch's CPU ops in the block on one thread (restored afterwards); no-op on an accelerator.
+
+    For the many small gathers, comparisons and sorts of index arrays after a GEMM (kNN list
+    order, k-reciprocal encoding): they are memory-bound, and handing each op to the intra-op pool
+    cost more than it saved: on the shared 2-core development machine the encoding of 1,500 points
+    took 3.2 s on two threads and 0.9 s on one, of 20k points 20 s and 10 s (a numpy formulation of
+    the same steps, one thread too: 0.9 s and 12-16 s).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def device_type(features) -> str:
+    """The device type of ``features``: a tensor's (``cpu``, ``cuda``, ...), ``cpu`` for arrays."""
+    return features.device.type if isinstance(features, torch.Tensor) else "cpu"
+
+
 def _faiss_available() -> bool:
     try:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every CPU-feature probe
@@ -87,6 +154,19 @@ def _faiss_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _faiss_support() -> str:
+    """``none`` (faiss does not import), ``gpu`` (GPU support and a visible GPU) or ``cpu``."""
+    if not _faiss_available():
+        return "none"
+    import faiss
+
+    try:
+        gpus = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    except RuntimeError:  # a GPU build without a usable driver
+        gpus = 0
+    return "gpu" if gpus > 0 else "cpu"
 
 
 def check_params(owner: object, positive_ints: tuple[str, ...]) -> None:
@@ -99,27 +179,60 @@ def check_params(owner: object, positive_ints: tuple[str, ...]) -> None:
         raise ValueError(f"knn: expected one of {BACKENDS}, got {owner.knn!r}")
 
 
-def resolve_backend(backend: str, n: int = 0, dim: int = 0) -> str:
-    """The backend that searches ``n`` points of dimension ``dim``: validates the name and maps
-    ``auto`` (logged) to ``torch``, or above :data:`AUTO_APPROX_ABOVE` points to ``approx``."""
+def choose_backend(backend: str, n: int, dim: int, device: str = "cpu", faiss: FaissSupport = "cpu") -> KnnChoice:
+    """Where and how ``n`` points of dimension ``dim`` on a ``device`` (type: ``cpu``, ``cuda``, ...)
+    are searched, given faiss's ``faiss`` support (``none``, ``cpu`` or ``gpu``). Pure: no import, no
+    logging (:func:`resolve_backend` logs the result). Raises ``ValueError`` for an unknown name, or
+    for ``faiss``/``approx`` without faiss."""
     if backend not in BACKENDS:
         raise ValueError(f"knn backend: expected one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        if n <= AUTO_APPROX_ABOVE:
-            backend = "torch"
-            log.info("kNN backend: torch (auto, exact)")
-        elif _faiss_available():
-            backend = "approx"
-            log.info("kNN backend: approx (auto: %d points > %d)", n, AUTO_APPROX_ABOVE)
-        else:
-            backend = "torch"
-            log.warning("kNN backend: torch, exact, for %d points (auto: above %d it would be approx, but faiss "
-                        "is not installed: pip install faiss-cpu); expect roughly %.0f min", n, AUTO_APPROX_ABOVE,
-                        n * n * dim / _EXACT_FLOPS / 60)
-    elif backend in ("faiss", "approx") and not _faiss_available():
+    if backend in ("faiss", "approx") and faiss == "none":
         raise ValueError(f"knn={backend!r} needs faiss, which is not installed (pip install faiss-cpu, or the "
-                         f"mqreid[faiss] extra); knn=torch searches exactly without it")
-    return backend
+                         f"mqreid[faiss] extra; mqreid[faiss-gpu] for CUDA); knn=torch searches exactly without it")
+    on_host = device == "cpu"
+    macs = float(n) * n * dim
+    if backend == "torch":
+        return KnnChoice("torch", device, "exact: GEMM + top-k on the features' device")
+    if backend == "faiss":
+        if on_host:
+            return KnnChoice("faiss", "cpu", "exact: faiss IndexFlatIP")
+        if faiss == "gpu":
+            return KnnChoice("faiss", device, "exact: faiss GPU IndexFlatIP")
+        return KnnChoice("faiss", "cpu", f"exact: faiss has no GPU support (faiss-cpu installed): searching the {device} "
+                         "features on the CPU, copied to the host; install the mqreid[faiss-gpu] extra or use knn=torch",
+                         warn=True)
+    if backend == "approx":
+        if on_host:
+            return KnnChoice("approx", "cpu", "approximate: k-means cells")
+        return KnnChoice("approx", "cpu", f"approximate: the cell search runs on the CPU, the {device} features copied "
+                         "to the host; knn=torch searches exactly on the device", warn=True)
+    if not on_host:
+        if macs <= DEVICE_EXACT_MACS:
+            return KnnChoice("torch", device, f"auto: exact on the device, N^2 D = {macs:.1e} multiply-adds "
+                             f"<= {DEVICE_EXACT_MACS:.0e}")
+        if faiss != "none":
+            return KnnChoice("approx", "cpu", f"auto: N^2 D = {macs:.1e} multiply-adds > {DEVICE_EXACT_MACS:.0e}, "
+                             f"beyond the exact search on the device: approximate, the cell search on the CPU")
+        return KnnChoice("torch", device, f"auto: N^2 D = {macs:.1e} multiply-adds > {DEVICE_EXACT_MACS:.0e} would be "
+                         f"approx, but faiss is not installed (pip install faiss-cpu): exact on the device, expect "
+                         f"roughly {macs / _DEVICE_MACS / 60:.0f} min", warn=True)
+    if n <= AUTO_APPROX_ABOVE:
+        return KnnChoice("torch", "cpu", f"auto: exact, {n} points <= {AUTO_APPROX_ABOVE}")
+    if faiss != "none":
+        return KnnChoice("approx", "cpu", f"auto: {n} points > {AUTO_APPROX_ABOVE}")
+    return KnnChoice("torch", "cpu", f"auto: exact for {n} points (above {AUTO_APPROX_ABOVE} it would be approx, but "
+                     f"faiss is not installed: pip install faiss-cpu); expect roughly "
+                     f"{macs / _EXACT_FLOPS / 60:.0f} min", warn=True)
+
+
+def resolve_backend(backend: str, n: int = 0, dim: int = 0, device: str = "cpu") -> KnnChoice:
+    """:func:`choose_backend` with faiss's actual support, logged (a warning when ``warn``)."""
+    if backend not in BACKENDS:  # before importing faiss
+        raise ValueError(f"knn backend: expected one of {BACKENDS}, got {backend!r}")
+    choice = choose_backend(backend, n, dim, device, _faiss_support())
+    log.log(logging.WARNING if choice.warn else logging.INFO, "kNN backend: %s on %s (%s)",
+            choice.backend, choice.device, choice.reason)
+    return choice
 
 
 def _matmul_t(a: torch.Tensor, b: torch.Tensor, buffer: np.ndarray | None = None) -> torch.Tensor:
@@ -160,8 +273,6 @@ def _merge_topk(vals: np.ndarray, idx: np.ndarray, rows: np.ndarray, cols: np.nd
     pad_v[rows, pos], pad_i[rows, pos] = new_vals[order], cols[order]
     v, i = _topk(pad_v, vals.shape[1], 0)
     return v, np.take_along_axis(pad_i, i, 1)
-
-
 def _blocked_candidates(x: np.ndarray, base: np.ndarray | None, m: int, block: int):
     """The ``m`` most similar base rows of each row of ``x`` by blocked exact GEMM (CPU).
 
@@ -213,22 +324,109 @@ def _device_candidates(x: torch.Tensor, base: torch.Tensor | None, m: int, block
     return torch.cat([v for v, _ in out]), torch.cat([i for _, i in out])
 
 
-def _faiss_candidates(x: torch.Tensor, base: torch.Tensor | None, m: int):
-    """The ``m`` best base rows by faiss ``IndexFlatIP`` (a GPU index for CUDA inputs when available)."""
+def _faiss_candidates(x: torch.Tensor, base: torch.Tensor | None, m: int, on_device: bool):
+    """The ``m`` best base rows by faiss ``IndexFlatIP``: a GPU index on the features' device when
+    ``on_device`` (see :func:`choose_backend`), else on the CPU."""
     import faiss
 
     y = x if base is None else base
     yn = y.detach().cpu().numpy()
     index = faiss.IndexFlatIP(yn.shape[1])
-    if x.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
+    if on_device:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), x.device.index or 0, index)
     index.add(yn)
     sims, idx = index.search(x.detach().cpu().numpy(), min(m, yn.shape[0]))
     return torch.from_numpy(sims), torch.from_numpy(idx.astype(np.int64))
 
 
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def _scan_rows(xn: np.ndarray, rows: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``m`` most similar points of the ``rows`` of ``xn`` against all its rows (float16 rows
+    are converted a chunk at a time); (sims [R, m] unsorted, idx [R, m])."""
+    import faiss
+
+    n = len(xn)
+    sims, idx = np.empty((len(rows), m), np.float32), np.empty((len(rows), m), np.int64)
+    for a in range(0, len(rows), 1 << 14):
+        q = _f32(xn[rows[a:a + (1 << 14)]])
+        best_v, best_i = np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64)
+        for s in range(0, n, _CHUNK):
+            v, i = faiss.knn(q, _f32(xn[s:s + _CHUNK]), min(m, n - s), metric=faiss.METRIC_INNER_PRODUCT)
+            best_v, top = _topk(np.concatenate([best_v, v], 1), min(m, s + v.shape[1]), 0)
+            best_i = np.take_along_axis(np.concatenate([best_i, i + s], 1), top, 1)
+        sims[a:a + len(q)], idx[a:a + len(q)] = best_v, best_i
+    return sims, idx
+
+
+class _Cells:
+    """The k-means partition of the approximate search and what :func:`_approx_candidates` needs to
+    estimate, for a row, how many points of the cells it has not searched are more similar than its
+    m-th neighbour: each point's ``CENTROIDS_KEPT`` nearest centroids (``csims``, ``cids``), and per
+    cell its size, the norm of its points' mean (the expected similarity of a query to the cell's
+    points is about ``norm * (query . centroid)``) and the spread of those similarities
+    (``sqrt((1 - norm^2) / D)`` for a spread that is the same in every direction)."""
+
+    def __init__(self, xn: np.ndarray, m: int, seed: int):
+        import faiss
+
+        n, d = xn.shape
+        self.count = max(1, min(int(CELLS_PER_SQRT_N * math.sqrt(n)), n // max(39, m)))  # faiss wants >= 39 per centroid
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, min(n, 39 * self.count), replace=False))
+        kmeans = faiss.Kmeans(d, self.count, niter=10, spherical=True, seed=seed)
+        kmeans.train(_f32(xn[sample]))
+        centroids = kmeans.centroids
+        kept = min(CENTROIDS_KEPT, self.count)
+        self.csims, self.cids = np.empty((n, kept), np.float32), np.empty((n, kept), np.int64)
+        sums = torch.zeros(self.count, d)
+        for s in range(0, n, _CHUNK):
+            chunk = _f32(xn[s:s + _CHUNK])
+            self.csims[s:s + _CHUNK], self.cids[s:s + _CHUNK] = faiss.knn(
+                chunk, centroids, kept, metric=faiss.METRIC_INNER_PRODUCT)
+            sums.index_add_(0, torch.from_numpy(self.cids[s:s + _CHUNK, 0]), torch.from_numpy(chunk))
+        self.cell = self.cids[:, 0]
+        self.size = np.bincount(self.cell, minlength=self.count)
+        self.norm = np.minimum(sums.norm(dim=1).double().numpy() / np.maximum(self.size, 1), 1.0)
+        self.spread = np.sqrt(np.maximum(1.0 - self.norm ** 2, 1e-4) / d)
+        centroid_sims = centroids @ centroids.T
+        np.fill_diagonal(centroid_sims, np.inf)  # a cell always probes itself
+        probes = min(PROBE_CELLS, self.count)
+        self.probe = np.argpartition(-centroid_sims, probes - 1, axis=1)[:, :probes]
+        order = np.argsort(self.cell, kind="stable")
+        bounds = np.searchsorted(self.cell[order], np.arange(self.count + 1))
+        self.members = [order[bounds[c]:bounds[c + 1]] for c in range(self.count)]
+        # cells beyond a point's kept nearest ones, in bins of similar norm: each bin is bounded by
+        # its largest norm and spread
+        bins = np.array_split(np.argsort(self.norm), min(_TAIL_BINS, self.count))
+        self.bin_size = np.array([self.size[b].sum() for b in bins], np.float64)
+        self.bin_norm = np.array([self.norm[b].max() for b in bins])
+        self.bin_spread = np.array([self.spread[b].max() for b in bins])
+
+    def probed(self, rows: np.ndarray) -> np.ndarray:
+        """[R, kept] bool: which kept nearest centroids of ``rows`` are probed by their own cell."""
+        probe = self.probe[self.cell[rows]]
+        return (self.cids[rows, :, None] == probe[:, None, :]).any(-1)
+
+    def expected_misses(self, rows: np.ndarray, kth: np.ndarray, searched: np.ndarray):
+        """Expected number of points more similar than ``kth`` [R] in the cells that ``rows`` have
+        not searched (``searched`` [R, kept] marks their kept centroids searched): (per kept centroid
+        [R, kept], beyond the kept ones [R])."""
+        cids = self.cids[rows]
+        z = (kth[:, None] - self.norm[cids] * self.csims[rows]) / self.spread[cids]
+        near = np.where(searched, 0.0, self.size[cids] * ndtr(-z))
+        # beyond the kept centroids, every similarity to a centroid is at most the last kept one's
+        last = self.csims[rows, -1].astype(np.float64)
+        far = (self.bin_size[None, :] * ndtr(-(kth[:, None] - self.bin_norm[None, :] * np.maximum(last, 0)[:, None])
+                                              / self.bin_spread[None, :]))
+        far *= np.maximum(0.0, 1.0 - self.size[cids].sum(1) / max(1, len(self.cell)))[:, None]
+        return near, far.sum(1) if self.count > cids.shape[1] else np.zeros(len(rows))
+
+
 def _approx_candidates(x: torch.Tensor, m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate ``m`` most similar points of each row of ``x`` (self-search), by cells.
+    """Approximate ``m`` most similar points of each row of ``x`` (self-search), by cells, checked.
 
     An inverted file: faiss k-means (spherical, inner product) splits the points into
     ``CELLS_PER_SQRT_N * sqrt(N)`` cells; every cell is searched in its ``PROBE_CELLS`` nearest
@@ -236,6 +434,19 @@ def _approx_candidates(x: torch.Tensor, m: int, seed: int = 0) -> tuple[np.ndarr
     rather than per query (faiss's ``IndexIVFFlat``) turns the search into BLAS GEMMs: at
     100k x 2048, faiss's per-query scan of 8 cells took ~60 s, memory-bound; HNSW was not used
     because building its graph at D = 2048 costs thousands of non-BLAS distances per point.
+
+    Cells serve points whose neighbours lie in nearby cells; an isolated point (one that belongs
+    to no identity) has neighbours spread over all cells, and its list from 16 cells would be
+    mostly wrong: it would find other isolated points of its region as mutual neighbours and make
+    clusters of them. So every row is checked: from its nearest centroids and the cells' sizes,
+    norms and spreads (:class:`_Cells`), the expected number of points in cells it has not searched
+    that are more similar than its m-th neighbour. Rows above ``MISS_BUDGET`` are searched in the
+    cells that contribute most (up to ``WIDEN_CELLS`` more), or against all points when that would
+    not be enough. The model assumes a spread that is the same in every direction; the result is
+    measured: ``CHECK_RANDOM`` random rows and the ``CHECK_ISOLATED`` rows with the lowest m-th
+    similarity are searched exactly, and while either recall is below ``RECALL_TARGET`` the budget
+    is divided by 10 and the search widened again (logged; checked rows keep their exact lists).
+
     Similarities of the found neighbours are exact. Works on float16 features (converted per
     cell), so memory is the features plus one cell's candidates. Rows whose probed cells hold
     fewer than ``m`` points (tiny N) are searched against all points.
@@ -243,57 +454,129 @@ def _approx_candidates(x: torch.Tensor, m: int, seed: int = 0) -> tuple[np.ndarr
     import faiss
 
     xn = x.detach().cpu().numpy()  # numpy gathers rows ~10x faster than torch indexing on CPU
-    n, d = xn.shape
-    f32 = lambda a: np.ascontiguousarray(a, np.float32)
-    cells = max(1, min(int(CELLS_PER_SQRT_N * math.sqrt(n)), n // max(39, m)))  # faiss wants >= 39 per centroid
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, min(n, 39 * cells), replace=False))
-    kmeans = faiss.Kmeans(d, cells, niter=10, spherical=True, seed=seed)
-    kmeans.train(f32(xn[sample]))
-    cell = np.concatenate([kmeans.index.search(f32(xn[s:s + _CHUNK]), 1)[1][:, 0]
-                           for s in range(0, n, _CHUNK)])
-    centroid_sims = kmeans.centroids @ kmeans.centroids.T
-    np.fill_diagonal(centroid_sims, np.inf)  # a cell always probes itself
-    probes = min(PROBE_CELLS, cells)
-    probe = np.argpartition(-centroid_sims, probes - 1, axis=1)[:, :probes]
-    order = np.argsort(cell, kind="stable")
-    bounds = np.searchsorted(cell[order], np.arange(cells + 1))
-    members = [order[bounds[c]:bounds[c + 1]] for c in range(cells)]
+    n = len(xn)
+    cells = _Cells(xn, m, seed)
     sims = np.empty((n, m), np.float32)
     idx = np.empty((n, m), np.int64)
-    for c in range(cells):
-        if len(members[c]) == 0:
+    exact = np.zeros(n, bool)  # rows searched against every point
+    for c in range(cells.count):
+        if len(cells.members[c]) == 0:
             continue
-        base = np.sort(np.concatenate([members[p] for p in probe[c]]))
+        base = np.sort(np.concatenate([cells.members[p] for p in cells.probe[c]]))
         if len(base) < m:
             base = np.arange(n)
+            exact[cells.members[c]] = True
         # faiss.knn: GEMM + top-k in faiss (numpy's BLAS was 4-8x slower once faiss's OpenMP ran)
-        v, i = faiss.knn(f32(xn[members[c]]), f32(xn[base]), m, metric=faiss.METRIC_INNER_PRODUCT)
-        sims[members[c]], idx[members[c]] = v, base[i]
+        v, i = faiss.knn(_f32(xn[cells.members[c]]), _f32(xn[base]), m, metric=faiss.METRIC_INNER_PRODUCT)
+        sims[cells.members[c]], idx[cells.members[c]] = v, base[i]
+    if exact.all():
+        return sims, idx
+    searched = np.concatenate([cells.probed(np.arange(s, min(n, s + _CHUNK))) for s in range(0, n, _CHUNK)])
+    budget, widened, checked, truth, recalls = MISS_BUDGET, np.zeros(n, bool), None, None, (1.0, 1.0)
+    for _ in range(CHECK_ROUNDS):
+        todo, plans = [], []
+        for s in range(0, n, _CHUNK):
+            rows = np.arange(s, min(n, s + _CHUNK))
+            rows = rows[~exact[rows]]
+            near, far = cells.expected_misses(rows, sims[rows].min(1).astype(np.float64), searched[rows])
+            total = near.sum(1) + far
+            over = total > budget
+            rows, near, total, far = rows[over], near[over], total[over], far[over]
+            order = np.argsort(-near, axis=1)
+            left = total[:, None] - np.cumsum(np.take_along_axis(near, order, 1), axis=1)
+            enough = (left <= budget) & (far[:, None] <= budget)
+            need = np.where(enough.any(1), enough.argmax(1) + 1, np.iinfo(np.int64).max)
+            todo.append(rows)
+            plans.append((rows[need <= WIDEN_CELLS], order[need <= WIDEN_CELLS], need[need <= WIDEN_CELLS]))
+        todo = np.concatenate(todo)
+        scan = np.setdiff1d(todo, np.concatenate([p[0] for p in plans]))
+        for rows, order, need in plans:
+            widened[rows] = True
+            _widen(xn, cells, rows, order, need, sims, idx, searched)
+        if len(scan):
+            sims[scan], idx[scan] = _scan_rows(xn, scan, m)
+            exact[scan] = True
+        if checked is None:
+            rng = np.random.default_rng(seed + 1)
+            random = rng.choice(n, min(n, CHECK_RANDOM), replace=False)
+            rest = np.setdiff1d(np.flatnonzero(~exact), random)
+            isolated = rest[np.argsort(sims[rest].min(1), kind="stable")[:CHECK_ISOLATED]]
+            checked = (random, isolated)
+            truth = _scan_rows(xn, np.concatenate(checked), m)
+        kth = truth[0].min(1)  # a found similarity >= the exact m-th is a right neighbour
+        hits = np.minimum((sims[np.concatenate(checked)] >= kth[:, None] - 1e-6).sum(1), m) / m
+        recalls = (float(hits[:len(checked[0])].mean()), float(hits[len(checked[0]):].mean()) if len(checked[1]) else 1.0)
+        if min(recalls) >= RECALL_TARGET:
+            break
+        budget /= 10
+    scanned = int(exact.sum())
+    rows = np.concatenate(checked)
+    sims[rows], idx[rows] = truth
+    level = logging.INFO if min(recalls) >= RECALL_TARGET else logging.WARNING
+    log.log(level, "approx kNN: %d points in %d cells, %d probed per cell; %d rows searched in more cells, %d against "
+            "all points (%.1f%%); recall@%d of the checked rows: %.4f on %d random, %.4f on the %d most isolated "
+            "(expected misses per row <= %.3g)", n, cells.count, cells.probe.shape[1], (widened & ~exact).sum(), scanned,
+            100 * scanned / n, m, recalls[0], len(checked[0]), recalls[1], len(checked[1]), budget)
     return sims, idx
 
 
-def _sort_rows(sims: np.ndarray, idx: np.ndarray, self_search: bool) -> np.ndarray:
-    """Row-wise order: decreasing similarity, then self first (self-search), then lower index."""
-    n = sims.shape[0]
-    not_self = idx != np.arange(n)[:, None] if self_search else np.zeros_like(idx, dtype=bool)
-    return np.lexsort((idx, not_self, -sims), axis=1)  # the last key sorts first
+def _widen(xn: np.ndarray, cells: _Cells, rows: np.ndarray, order: np.ndarray, need: np.ndarray,
+           sims: np.ndarray, idx: np.ndarray, searched: np.ndarray) -> None:
+    """Search each of ``rows`` in the first ``need`` cells of its kept centroids in ``order`` too,
+    merging the neighbours found into ``sims``/``idx`` and marking them ``searched`` (in place)."""
+    import faiss
+
+    if len(rows) == 0:
+        return
+    m = sims.shape[1]
+    take = np.arange(order.shape[1])[None, :] < need[:, None]
+    take &= ~np.take_along_axis(searched[rows], order, 1)  # a cell searched already would repeat its points
+    local, col = np.nonzero(take)
+    pos = order[local, col]  # position among the row's kept centroids
+    cell = cells.cids[rows[local], pos]
+    searched[rows[local], pos] = True
+    by_cell = np.argsort(cell, kind="stable")
+    local, cell = local[by_cell], cell[by_cell]
+    bounds = np.flatnonzero(np.diff(np.concatenate([[-1], cell, [cells.count]])))
+    found_rows, found_idx, found_sims = [], [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        members = cells.members[cell[a]]
+        if len(members) == 0:
+            continue
+        v, i = faiss.knn(_f32(xn[rows[local[a:b]]]), _f32(xn[members]), min(m, len(members)),
+                         metric=faiss.METRIC_INNER_PRODUCT)
+        found_rows.append(np.repeat(local[a:b], v.shape[1]))
+        found_idx.append(members[i.ravel()])
+        found_sims.append(v.ravel())
+    if found_rows:
+        sims[rows], idx[rows] = _merge_topk(sims[rows], idx[rows], np.concatenate(found_rows),
+                                            np.concatenate(found_idx), np.concatenate(found_sims))
 
 
-def _exact_rows(x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, k: int, self_search: bool):
+def _sort_rows(sims: torch.Tensor, idx: torch.Tensor, self_ids: torch.Tensor | None) -> torch.Tensor:
+    """Row-wise order: decreasing similarity, then self first (``self_ids`` [R]: each row's own
+    index, or ``None``), then lower index; three stable sorts, least significant key first."""
+    order = torch.argsort(idx, dim=1, stable=True)
+    if self_ids is not None:
+        not_self = (idx.gather(1, order) != self_ids[:, None]).to(torch.uint8)
+        order = order.gather(1, torch.argsort(not_self, dim=1, stable=True))
+    neg = -sims.gather(1, order) + 0.0  # + 0.0: -0.0 and 0.0 are one key
+    return order.gather(1, torch.argsort(neg, dim=1, stable=True))
+
+
+def _exact_rows(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, k: int, self_search: bool):
     """Exact top-``k`` with the documented tie order for a few ``rows``: one full row each."""
-    out_s = np.empty((len(rows), k), np.float32)
-    out_i = np.empty((len(rows), k), np.int64)
+    out_s, out_i = [], []
     step = max(1, 2**24 // y.shape[0])
-    cols = np.arange(y.shape[0])
-    for a in range(0, len(rows), step):
+    cols = torch.arange(y.shape[0], device=x.device)
+    for a in range(0, len(rows), step):  # only rows with a tie across the k-th place; rare
         r = rows[a:a + step]
-        sims = _matmul_t(x[torch.as_tensor(r, device=x.device)], y).cpu().numpy()
-        is_self = (cols[None, :] == r[:, None]) if self_search else np.zeros(sims.shape, bool)
-        for b in range(len(r)):  # only rows with a tie across the k-th place; rare
-            order = np.lexsort((cols, ~is_self[b], -sims[b]))[:k]
-            out_s[a + b], out_i[a + b] = sims[b, order], order
-    return out_s, out_i
+        sims = _matmul_t(x[r], y).to(x.device)
+        full = cols.expand(len(r), -1)
+        order = _sort_rows(sims, full, r if self_search else None)[:, :k]
+        out_s.append(sims.gather(1, order))
+        out_i.append(full.gather(1, order))
+    return torch.cat(out_s), torch.cat(out_i)
 
 
 def knn_search(
@@ -301,72 +584,77 @@ def knn_search(
     k: int,
     *,
     base: torch.Tensor | np.ndarray | None = None,
-    backend: Backend = "auto",
+    backend: Backend | KnnChoice = "auto",
     exclude_self: bool = False,
     block_size: int = 4096,
-) -> tuple[np.ndarray, np.ndarray]:
+    as_tensors: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[torch.Tensor, torch.Tensor]:
     """Inner-product kNN (exact unless the backend is, or ``auto`` resolves to, ``approx``).
 
     Args:
         features: [N, D] query features (L2-normalised by :func:`as_unit_features` if needed);
-            a CUDA tensor is searched on its device.
+            a CUDA tensor is searched on its device (``torch``, and ``faiss`` with GPU support).
         k: neighbours per row; clamped to the number of base points (minus one with
             ``exclude_self``).
         base: [M, D] points to search in; ``None`` searches ``features`` in itself.
         backend: ``"torch"`` (exact, blocked GEMM + top-k; numpy BLAS on CPU), ``"faiss"``
             (exact, IndexFlatIP), ``"approx"`` (faiss k-means cells, self-search only; float16
-            features stay float16) or ``"auto"`` (torch up to ``AUTO_APPROX_ABOVE`` points, then
-            approx when faiss imports; the choice is logged). See the module docstring.
+            features stay float16) or ``"auto"`` (see :func:`choose_backend`; the choice is
+            logged), or a :class:`KnnChoice` from :func:`resolve_backend` (not logged again).
         exclude_self: self-search only: drop each point from its own list.
         block_size: rows per GEMM block of the torch backend.
+        as_tensors: return torch tensors on the features' device instead of numpy arrays.
 
     Returns:
-        sims [N, k'] float32 (decreasing per row) and idx [N, k'] int64 into the base, as numpy
-        arrays, with the tie order documented in this module.
+        sims [N, k'] float32 (decreasing per row) and idx [N, k'] int64 into the base, with the
+        tie order documented in this module.
     """
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected a positive integer, got {k!r}")
     if exclude_self and base is not None:
         raise ValueError("exclude_self: only valid for self-search (base=None)")
     shape = tuple(getattr(features, "shape", ()))
-    backend = resolve_backend(backend, shape[0] if shape else 0, shape[1] if len(shape) == 2 else 0)
-    if backend == "approx" and base is not None:
+    choice = backend if isinstance(backend, KnnChoice) else resolve_backend(
+        backend, shape[0] if shape else 0, shape[1] if len(shape) == 2 else 0, device_type(features))
+    if choice.backend == "approx" and base is not None:
         raise ValueError("knn='approx': only self-search (base=None) is supported")
-    x = as_unit_features(features, keep_half=backend == "approx")
+    x = as_unit_features(features, keep_half=choice.backend == "approx")
     y = None if base is None else as_unit_features(base, "base").to(x.device)
     if y is not None and y.shape[1] != x.shape[1]:
         raise ValueError(f"base: expected dimension {x.shape[1]}, got {y.shape[1]}")
-    n_base = x.shape[0] if y is None else y.shape[0]
+    n, n_base = x.shape[0], x.shape[0] if y is None else y.shape[0]
     self_search = y is None
     k = int(min(k, n_base - 1 if exclude_self else n_base))
     if k < 1:
-        n = x.shape[0]
-        return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-    want = k + int(exclude_self)  # self is removed afterwards
-    m = min(want + 1, n_base)  # one extra to detect a tie across the cut
-    if backend == "approx":
-        sims, idx = _approx_candidates(x, m)
-    elif backend == "faiss":
-        sims, idx = _faiss_candidates(x, y, m)
+        sims, idx = torch.zeros((n, 0), device=x.device), torch.zeros((n, 0), dtype=torch.int64, device=x.device)
     else:
+        want = k + int(exclude_self)  # self is removed afterwards
+        m = min(want + 1, n_base)  # one extra to detect a tie across the cut
         with torch.no_grad():
-            if x.device.type == "cpu":
+            if choice.backend == "approx":
+                sims, idx = _approx_candidates(x, m)
+            elif choice.backend == "faiss":
+                sims, idx = _faiss_candidates(x, y, m, on_device=choice.device != "cpu")
+            elif x.device.type == "cpu":
                 sims, idx = _blocked_candidates(x.numpy(), None if y is None else y.numpy(), m, block_size)
             else:
                 sims, idx = _device_candidates(x, y, m, block_size)
-    sims, idx = torch.as_tensor(sims).cpu().numpy().astype(np.float32), torch.as_tensor(idx).cpu().numpy()
-    order = _sort_rows(sims, idx, self_search)
-    sims, idx = np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
-    if m > want and backend != "approx":
-        tied = np.flatnonzero(sims[:, want - 1] == sims[:, want])
-        if len(tied):
-            ts, ti = _exact_rows(x, x if y is None else y, tied, want, self_search)
-            sims[tied, :want], idx[tied, :want] = ts, ti
-    sims, idx = sims[:, :want], idx[:, :want]
-    if exclude_self:
-        is_self = idx == np.arange(len(idx))[:, None]
-        is_self[~is_self.any(1), -1] = True  # self not in the list: drop the last entry
-        keep = ~is_self
-        sims = sims[keep].reshape(len(idx), k)
-        idx = idx[keep].reshape(len(idx), k)
-    return np.ascontiguousarray(sims), np.ascontiguousarray(idx)
+        with torch.no_grad(), single_threaded_on_host(x.device):
+            sims = torch.as_tensor(sims).to(x.device, torch.float32)
+            idx = torch.as_tensor(idx).to(x.device, torch.int64)
+            row_ids = torch.arange(n, device=x.device)
+            order = _sort_rows(sims, idx, row_ids if self_search else None)
+            sims, idx = sims.gather(1, order), idx.gather(1, order)
+            if m > want and choice.backend != "approx":
+                tied = torch.nonzero(sims[:, want - 1] == sims[:, want]).flatten()
+                if len(tied):
+                    ts, ti = _exact_rows(x, x if y is None else y, tied, want, self_search)
+                    sims[tied, :want], idx[tied, :want] = ts, ti
+            sims, idx = sims[:, :want], idx[:, :want]
+            if exclude_self:
+                is_self = idx == row_ids[:, None]
+                is_self[~is_self.any(1), -1] = True  # self not in the list: drop the last entry
+                sims, idx = sims[~is_self].reshape(n, k), idx[~is_self].reshape(n, k)
+    if as_tensors:
+        return sims.contiguous(), idx.contiguous()
+    return np.ascontiguousarray(sims.cpu().numpy()), np.ascontiguousarray(idx.cpu().numpy())
