@@ -2,32 +2,44 @@
 
 Usage:
     python bench/bench_eval.py --scale market|msmt|both --dim 2048 --device cpu|cuda [--chunk-size N]
+        [--skip-features]
 
 Each scale runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own. The data mimic
 the test split of the dataset: its numbers of queries, gallery images, ids and cameras; every id is
 seen by a few cameras; 15% of the gallery are distractors (id -1, matching no query). A feature is
 ``normalize(id centre + camera shift + noise)``, which gives mAP in the range of real models.
-Reported: time of ``evaluate_features`` (distances + ranking, chunked) and, at Market scale, of
-``evaluate_ranking`` on a precomputed [Q, G] distance matrix. "data RSS" is the resident memory
-just before the call (torch, features, ids and any distance matrix); "peak RSS" is ``ru_maxrss``
-during the call, its count restarted before it through ``/proc/self/clear_refs`` (marked * where
-that is not possible, then it is the peak of the whole subprocess, data generation included).
+Reported, in this order and in one process per scale: time of ``evaluate_features`` (distances +
+ranking, chunked); of ``pairwise_distance`` building the full [Q, G] matrix (3.8 GB at MSMT17 scale);
+of the sort floor, a NumPy ``argsort`` of that matrix ``--chunk-size`` rows at a time; and of
+``evaluate_ranking`` on that matrix. "x floor" is a call's time over the floor's. "data RSS" is the
+resident memory just before the call (torch, features, ids and any distance matrix); "peak RSS" is
+``ru_maxrss`` during the call, its count restarted before it through ``/proc/self/clear_refs`` (marked
+* where that is not possible, then it is the peak of the whole subprocess, data generation included).
+The table is preceded by the command, the commit, the source of ``mqreid``, the date, the machine and
+its load average (see :func:`provenance`).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+import mqreid
 from mqreid.evaluation import evaluate_features, evaluate_ranking, pairwise_distance
 from mqreid.evaluation.ranking import DEFAULT_CHUNK_SIZE
+
+REPO = Path(__file__).resolve().parent.parent
 
 # Test splits: queries, gallery images, ids, cameras.
 SCALES = {
@@ -95,6 +107,56 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.rstrip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        return "?"
+
+
+def provenance() -> list[str]:
+    """Lines saying what was measured where: command, commit, mqreid source, date, machine, load."""
+    source = Path(mqreid.__file__).resolve().parent
+    commit = _git("rev-parse", "--short", "HEAD")
+    if source.is_relative_to(REPO):
+        # uncommitted changes: named under evaluation/ and cluster/ (the code measured here), counted elsewhere
+        changed = [line[3:] for line in _git("status", "--porcelain", "--", str(source.relative_to(REPO))).splitlines()]
+        named = [path for path in changed if "/evaluation/" in path or "/cluster/" in path]
+        others = len(changed) - len(named)
+        where = f"{source.relative_to(REPO)} of this checkout" + (
+            f", with uncommitted changes to {', '.join(named) or 'no file'} under evaluation/ and cluster/"
+            + (f" and to {others} other files of mqreid" if others else "") if changed else "")
+    else:
+        where = str(source)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    try:
+        mem = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
+    except (OSError, ValueError):
+        mem = "? RAM"
+    return [
+        f"command: {' '.join([Path(sys.executable).name, *sys.argv])}",
+        f"commit: {commit}; mqreid imported from {where}",
+        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"machine: {os.cpu_count()} CPU cores ({_cpu_model()}), {mem}; torch {torch.__version__}, "
+        f"numpy {np.__version__}, {torch.get_num_threads()} torch threads",
+        f"load average (1, 5, 15 min): {load}",
+    ]
+
+
+def argsort_floor(distmat: torch.Tensor, chunk_size: int) -> None:
+    """NumPy ``argsort`` of every row of ``distmat`` [Q, G], ``chunk_size`` rows at a time."""
+    for start in range(0, distmat.shape[0], chunk_size):
+        np.argsort(distmat[start:start + chunk_size].cpu().numpy(), axis=1)
+
+
 def worker(args) -> None:
     """Run one scale and print one JSON line per measured call."""
     device = torch.device(args.device)
@@ -119,17 +181,22 @@ def worker(args) -> None:
     def report(call, measured):
         seconds, result, data_rss, own_peak = measured
         row = dict(common, call=call, seconds=seconds, data_rss_mb=data_rss, peak_rss_mb=peak_rss_mb(),
-                   own_peak=own_peak, mAP=result["mAP"], R1=float(result["cmc"][0]), valid=result["num_valid_queries"])
+                   own_peak=own_peak)
+        if isinstance(result, dict):
+            row.update(mAP=result["mAP"], R1=float(result["cmc"][0]), valid=result["num_valid_queries"])
         if device.type == "cuda":
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         print(json.dumps(row), flush=True)
 
-    report("evaluate_features", timed(
-        lambda: evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size)))
-    if args.scale == "market":
-        distmat = pairwise_distance(q, g)
-        report("evaluate_ranking (precomputed distmat)", timed(
-            lambda: evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size)))
+    if not args.skip_features:
+        report("evaluate_features", timed(
+            lambda: evaluate_features(q, g, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size)))
+    measured = timed(lambda: pairwise_distance(q, g))
+    distmat = measured[1]
+    report("pairwise_distance (full [Q, G])", measured)
+    report("floor: numpy argsort (chunked)", timed(lambda: argsort_floor(distmat, args.chunk_size)))
+    report("evaluate_ranking (precomputed distmat)", timed(
+        lambda: evaluate_ranking(distmat, q_pids, g_pids, q_cams, g_cams, chunk_size=args.chunk_size)))
 
 
 def main() -> None:
@@ -140,34 +207,41 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="queries ranked at once")
     parser.add_argument("--noise", type=float, default=3.2, help="noise norm relative to the unit id centre")
     parser.add_argument("--camera-shift", type=float, default=0.5, help="norm of the per-camera offset")
+    parser.add_argument("--skip-features", action="store_true", help="do not time evaluate_features")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
 
+    print("\n".join(provenance()), flush=True)
     rows = []
     for scale in ["market", "msmt"] if args.scale == "both" else [args.scale]:
         cmd = [sys.executable, __file__, "--worker", "--scale", scale, "--dim", str(args.dim),
                "--device", args.device, "--chunk-size", str(args.chunk_size), "--noise", str(args.noise),
-               "--camera-shift", str(args.camera_shift)]
+               "--camera-shift", str(args.camera_shift)] + (["--skip-features"] if args.skip_features else [])
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout  # stderr shown as is
         rows += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     print_table(rows)
+    print(f"load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def print_table(rows: list[dict]) -> None:
     gpu = any("peak_gpu_mb" in r for r in rows)
-    header = ["scale", "call", "Q", "G", "D", "device", "threads", "chunk", "seconds", "data RSS (MB)",
+    header = ["scale", "call", "Q", "G", "D", "device", "threads", "chunk", "seconds", "x floor", "data RSS (MB)",
               "peak RSS (MB)"] + (["peak GPU (MB)"] if gpu else []) + ["mAP", "R1"]
     print("| " + " | ".join(header) + " |")
     print("|---" * len(header) + "|")
+    floors = {r["scale"]: r["seconds"] for r in rows if r["call"].startswith("floor")}
     for r in rows:
+        ratio = r["seconds"] / floors[r["scale"]] if r["scale"] in floors else float("nan")
         cells = [r["scale"], r["call"], f"{r['Q']:,}", f"{r['G']:,}", r["D"], r["device"], r["threads"], r["chunk"],
-                 f"{r['seconds']:.1f}", f"{r['data_rss_mb']:,.0f}", f"{r['peak_rss_mb']:,.0f}" + ("" if r["own_peak"] else "*")]
+                 f"{r['seconds']:.1f}", f"{ratio:.2f}", f"{r['data_rss_mb']:,.0f}",
+                 f"{r['peak_rss_mb']:,.0f}" + ("" if r["own_peak"] else "*")]
         cells += [f"{r['peak_gpu_mb']:,.0f}"] if gpu else []
-        cells += [f"{100 * r['mAP']:.1f}", f"{100 * r['R1']:.1f}"]
+        cells += [f"{100 * r['mAP']:.1f}", f"{100 * r['R1']:.1f}"] if "mAP" in r else ["", ""]
         print("| " + " | ".join(str(c) for c in cells) + " |")
+
 
 if __name__ == "__main__":
     main()

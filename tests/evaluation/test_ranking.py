@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from mqreid.evaluation import evaluate_features, evaluate_ranking, pairwise_distance
+from mqreid.evaluation import evaluate_features, evaluate_ranking, evaluate_rows, pairwise_distance
+from mqreid.evaluation.ranking import _stable_order, _stable_order_by_keys
 
 
 def distances_from_orders(orders, num_gallery):
@@ -219,3 +220,44 @@ def test_evaluate_features_accepts_numpy_and_half_precision():
     assert as_numpy["mAP"] == expected["mAP"]
     half = evaluate_features(q.half(), g.half(), q_pids, g_pids, q_cams, g_cams, metric="cosine")
     assert half["mAP"] == pytest.approx(expected["mAP"], abs=0.02)  # float16 inputs are ranked in float32
+
+
+@pytest.mark.parametrize("num_g", [1, 2, 64, 65, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cpu_key_sort_equals_torch_stable_sort(num_g, dtype):
+    # Few distinct values (many ties), both zeros, infinities and NaNs of both signs.
+    rng = np.random.default_rng(num_g)
+    values = np.array([-np.inf, -2.5, -1.0, -0.0, 0.0, 1e-30, 0.5, 1.0, 3.0, np.inf, np.nan, -np.nan], np.float32)
+    dist = torch.from_numpy(values[rng.integers(0, len(values), (7, num_g))]).to(dtype)
+    expected = torch.sort(dist, dim=1, stable=True).indices
+    order = _stable_order(dist)
+    assert order.dtype == torch.int64
+    torch.testing.assert_close(order, expected, rtol=0, atol=0)
+    torch.testing.assert_close(_stable_order_by_keys(dist.T.contiguous().T), expected, rtol=0, atol=0)  # strided
+
+
+def test_float32_ranking_with_ties_equals_float64():
+    # float32 rows on the CPU take the key sort, float64 rows torch's stable sort: same protocol.
+    rng = np.random.default_rng(7)
+    _, q_pids, g_pids, q_cams, g_cams = random_problem(7)
+    dist = rng.integers(0, 6, (len(q_pids), len(g_pids))).astype(np.float64)  # ties everywhere
+    as64 = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, chunk_size=5)
+    as32 = evaluate_ranking(dist.astype(np.float32), q_pids, g_pids, q_cams, g_cams, chunk_size=5)
+    assert as32["mAP"] == as64["mAP"] and as32["num_valid_queries"] == as64["num_valid_queries"]
+    np.testing.assert_array_equal(as32["cmc"], as64["cmc"])
+
+
+@pytest.mark.parametrize("chunk", [1, 6, 37, 100])
+def test_evaluate_rows_equals_evaluate_ranking(chunk):
+    dist, q_pids, g_pids, q_cams, g_cams = random_problem(5)
+    expected = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams)
+    calls = []
+
+    def dist_rows(rows):
+        calls.append((rows.start, rows.stop))
+        return dist[rows].astype(np.float32)
+
+    result = evaluate_rows(dist_rows, dist.shape, q_pids, g_pids, q_cams, g_cams, chunk_size=chunk)
+    assert calls == [(s, min(s + chunk, 37)) for s in range(0, 37, chunk)]
+    assert result["mAP"] == expected["mAP"] and result["num_valid_queries"] == expected["num_valid_queries"]
+    np.testing.assert_array_equal(result["cmc"], expected["cmc"])

@@ -1,10 +1,12 @@
-"""Sparse k-reciprocal re-ranking against a dense, loop-based version of the original."""
+"""Sparse k-reciprocal re-ranking against a dense, loop-based version of the original, and its
+chunked evaluation against the dense matrix."""
 
 import numpy as np
 import pytest
 import torch
 
-from mqreid.evaluation.rerank import re_ranking
+from mqreid.evaluation import evaluate_ranking, evaluate_retrieval, evaluate_rows, summarise_percent
+from mqreid.evaluation.rerank import ReRanker, re_ranking
 
 
 def features(n, d=12, centres=5, seed=0):
@@ -69,3 +71,53 @@ def test_validation():
         re_ranking(q, features(10), lambda_value=2.0)
     with pytest.raises(ValueError, match="q_feats"):
         re_ranking(np.full((3, 12), np.nan), features(10))
+
+
+def labelled_split(num_q=23, num_g=80, num_ids=6, d=16, seed=5):
+    """Query/gallery features clustered by id, with ids and cameras (every query has a valid match)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((num_ids, d))
+    q_pids, g_pids = np.arange(num_q) % num_ids, rng.integers(0, num_ids, num_g)
+    q_cams, g_cams = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    q = centres[q_pids] + 0.9 * rng.standard_normal((num_q, d))
+    g = centres[g_pids] + 0.9 * rng.standard_normal((num_g, d))
+    return q.astype(np.float32), g.astype(np.float32), q_pids, g_pids, q_cams, g_cams
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 8, 23, 64])  # 5 and 8 do not divide Q = 23
+def test_chunked_rows_and_evaluation_equal_dense(chunk):
+    q, g, q_pids, g_pids, q_cams, g_cams = labelled_split()
+    dense = re_ranking(q, g, 8, 3, 0.3, knn="torch")
+    reranker = ReRanker(q, g, 8, 3, 0.3, knn="torch")
+    assert reranker.shape == dense.shape == (23, 80)
+    blocks = [reranker.rows(slice(s, s + chunk)) for s in range(0, 23, chunk)]
+    assert all(b.dtype == np.float32 for b in blocks)
+    assert np.abs(np.concatenate(blocks) - dense).max() < 1e-5
+    expected = evaluate_ranking(dense, q_pids, g_pids, q_cams, g_cams, max_rank=10)
+    result = evaluate_rows(reranker.rows, reranker.shape, q_pids, g_pids, q_cams, g_cams, max_rank=10,
+                           chunk_size=chunk)
+    assert 0.0 < result["mAP"] < 1.0
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-5)
+    np.testing.assert_allclose(result["cmc"], expected["cmc"], atol=1e-5)
+    assert result["num_valid_queries"] == expected["num_valid_queries"] == 23
+
+
+def test_evaluate_retrieval_reranked_row_equals_dense():
+    q, g, q_pids, g_pids, q_cams, g_cams = labelled_split(seed=6)
+    rows = evaluate_retrieval(torch.from_numpy(q), torch.from_numpy(g), q_pids, g_pids, q_cams, g_cams,
+                              rerank=True, k1=8, k2=3, lambda_value=0.3)
+    expected = summarise_percent(evaluate_ranking(re_ranking(q, g, 8, 3, 0.3), q_pids, g_pids, q_cams, g_cams))
+    for name, value in expected.items():
+        assert rows["re-ranked"][name] == pytest.approx(value, abs=1e-3)
+
+
+def test_rows_validation():
+    q, g, q_pids, g_pids, q_cams, g_cams = labelled_split()
+    reranker = ReRanker(q, g, 6, 3)
+    with pytest.raises(TypeError, match="slice"):
+        reranker.rows(3)
+    with pytest.raises(ValueError, match=r"dist_rows\(0:4\) returned shape \(4, 79\)"):
+        evaluate_rows(lambda rows: reranker.rows(rows)[:, 1:], reranker.shape, q_pids, g_pids, q_cams, g_cams,
+                      chunk_size=4)
+    with pytest.raises(ValueError, match="g_pids"):
+        evaluate_rows(reranker.rows, reranker.shape, q_pids, g_pids[1:], q_cams, g_cams)

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .ranking import evaluate_features, evaluate_ranking, summarise_percent
-from .rerank import re_ranking
+from .ranking import evaluate_features, evaluate_rows, summarise_percent
+from .rerank import ReRanker
 
 
 def _row(result: dict[str, Any]) -> dict[str, float]:
@@ -34,13 +34,15 @@ def evaluate_retrieval(
 
     Returns ``{"plain": row}`` and, with ``rerank=True``, also ``{"re-ranked": row}`` (k-reciprocal
     re-ranking with ``k1``, ``k2``, ``lambda_value``); a row holds mAP, rank1, rank5, rank10 in percent and
-    num_valid_queries. The plain distances are computed chunk by chunk on ``device`` (never Q x G at once).
+    num_valid_queries. Both distances are computed chunk by chunk of queries and ranked as they come (never
+    Q x G at once): the plain ones on ``device``; the re-ranked ones from a sparse encoding of all Q + G
+    features (memory O((Q + G)·k)), ranked on the CPU.
     """
     device = torch.device(device)
     ids = (query_pids, gallery_pids, query_camids, gallery_camids)
     rows = {"plain": _row(evaluate_features(query_features.to(device), gallery_features.to(device), *ids,
                                             metric=metric))}
     if rerank:
-        dist = re_ranking(query_features, gallery_features, k1=k1, k2=k2, lambda_value=lambda_value)
-        rows["re-ranked"] = _row(evaluate_ranking(dist, *ids))
+        reranker = ReRanker(query_features, gallery_features, k1=k1, k2=k2, lambda_value=lambda_value)
+        rows["re-ranked"] = _row(evaluate_rows(reranker.rows, reranker.shape, *ids))
     return rows
