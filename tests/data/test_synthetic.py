@@ -11,12 +11,17 @@ import pytest
 from omegaconf import ListConfig
 from PIL import Image
 
-from mqreid.data import DatasetError, synthetic
-from mqreid.data.synthetic import Synthetic
+from mqreid.data import DatasetError, build_dataset, synthetic
+from mqreid.data.layout import parse_folder
+from mqreid.data.market1501 import Market1501
+from mqreid.data.synthetic import Synthetic, SyntheticMarket, SyntheticMSMT17
 
 TINY = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_id=(4, 6), num_distractors=2,
             height=32, width=16, seed=3)
-NAME = re.compile(r"^(\d{4})_c(\d)s1_(\d{6})_00\.jpg$")
+NAME = re.compile(r"^(\d{4})_c(\d+)s1_(\d{6})_00\.jpg$")
+# exact split sizes on 12 cameras (two-digit camera numbers), with distractors
+SIZED = dict(num_train_ids=5, num_test_ids=4, num_cameras=12, num_train_images=31, num_query=13, num_gallery=19,
+             num_distractors=3, height=32, width=16, seed=5)
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 
 
@@ -129,7 +134,7 @@ def test_plan_covers_at_least_two_cameras_with_two_images_each():
 
 @pytest.mark.parametrize(
     "option, value",
-    [("num_train_ids", 0), ("num_test_ids", 0), ("num_cameras", 1), ("num_cameras", 10),
+    [("num_train_ids", 0), ("num_test_ids", 0), ("num_cameras", 1), ("num_cameras", 100),
      ("images_per_id", (3, 8)), ("images_per_id", 5), ("images_per_id", (8, 5)), ("num_distractors", -1), ("height", 8),
      ("width", 4), ("camera_shift", -0.1), ("noise", -1.0), ("occlusion", 1.5), ("seed", -1)],
 )
@@ -171,3 +176,144 @@ def test_hydra_lists_reach_the_generator(tiny, tmp_path, convert):
     assert Path(ds.root).name == Path(tiny.root).name  # the folder of images_per_id=(4, 6)
     names = [(Path(p).name, pid, cam) for p, pid, cam in ds.train]
     assert names == [(Path(p).name, pid, cam) for p, pid, cam in tiny.train]
+
+
+def test_two_digit_cameras_parse_and_real_market_names_still_do(tmp_path):
+    names = {"0001_c1s1_000000_00.jpg": (1, 0), "0001_c9s1_000001_00.jpg": (1, 8),
+             "0002_c10s1_000002_00.jpg": (2, 9), "0002_c12s1_000003_00.jpg": (2, 11),
+             "0000_c15s1_000004_00.jpg": (0, 14)}
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    items = parse_folder(tmp_path, synthetic._PATTERN, layout_hint="test", skip_pids=())
+    assert {Path(it.path).name: (it.pid, it.camid) for it in items} == names
+    m = Market1501.pattern.search("0002_c1s1_000451_03.jpg")  # the real release's names: one-digit cameras
+    assert (int(m.group(1)), int(m.group(2))) == (2, 1)
+    assert Market1501.pattern.search("-1_c3s2_000001_00.jpg").groups() == ("-1", "3")
+
+
+@pytest.fixture(scope="module")
+def sized(tmp_path_factory) -> Synthetic:
+    return Synthetic(tmp_path_factory.mktemp("data"), verbose=False, **SIZED)
+
+
+def test_twelve_cameras_generate_and_load_with_their_camera_ids(sized):
+    cams = set()
+    for items in (sized.train, sized.query, sized.gallery):
+        for it in items:
+            m = NAME.match(Path(it.path).name)
+            assert m and it.camid == int(m.group(2)) - 1
+            cams.add(it.camid)
+    assert cams <= set(range(12)) and max(cams) >= 9  # two-digit camera numbers occur
+    assert "_cam12_n31-13-19_" in Path(sized.root).name
+
+
+def test_split_sizes_are_exact(sized):
+    assert len(sized.train) == SIZED["num_train_images"] and sized.num_train_pids == SIZED["num_train_ids"]
+    assert len(sized.query) == SIZED["num_query"]
+    assert len(sized.gallery) == SIZED["num_gallery"] + SIZED["num_distractors"]
+    assert sum(it.pid == 0 for it in sized.gallery) == SIZED["num_distractors"]
+    query_cams = Counter((q.pid, q.camid) for q in sized.query)
+    assert max(query_cams.values()) == 1  # one query per (id, camera)
+    assert len({q.pid for q in sized.query}) == SIZED["num_test_ids"]
+    for q in sized.query:
+        assert any(g.pid == q.pid and g.camid == q.camid for g in sized.gallery)
+        assert any(g.pid == q.pid and g.camid != q.camid for g in sized.gallery)
+    train_cams = Counter((it.pid, it.camid) for it in sized.train)
+    assert min(train_cams.values()) >= 2 and all(
+        len({c for p, c in train_cams if p == pid}) >= 2 for pid in range(SIZED["num_train_ids"]))
+
+
+def test_allocate_respects_the_bounds_and_the_total():
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        low = rng.integers(0, 4, 30)
+        counts = synthetic._allocate(rng, int(low.sum()) + 70, low, 6)
+        assert counts.sum() == low.sum() + 70 and (counts >= low).all() and (counts <= 6).all()
+
+
+def test_files_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "_JOB_IMAGES", 6)  # several jobs of identities and of distractors
+    one = Synthetic(tmp_path / "one", verbose=False, workers=1, **SIZED)
+    two = Synthetic(tmp_path / "two", verbose=False, workers=2, **SIZED)
+    files = files_of(Path(one.root))
+    assert len(files) == SIZED["num_train_images"] + SIZED["num_query"] + SIZED["num_gallery"] + 3
+    assert files == files_of(Path(two.root))
+    small = {**TINY, "num_cameras": 3}
+    assert files_of(Path(Synthetic(tmp_path / "a", verbose=False, workers=1, **small).root)) == \
+        files_of(Path(Synthetic(tmp_path / "b", verbose=False, workers=2, **small).root))
+
+
+def test_a_failing_worker_leaves_nothing(tmp_path, monkeypatch):
+    def fail(image, path):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(synthetic, "_write_jpeg", fail)  # inherited by the worker processes
+    with pytest.raises(RuntimeError, match="disk full"):
+        Synthetic(tmp_path, verbose=False, workers=2, **SIZED)
+    assert list((tmp_path / "synthetic").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("num_train_images", None), ("num_train_images", 19), ("num_query", 7), ("num_query", 49),
+     ("num_gallery", 12)],
+)
+def test_invalid_split_sizes_name_the_option(tmp_path, option, value):
+    with pytest.raises(ValueError, match=rf"Synthetic: [a-z_, ]*{option}[a-z_, ]* must be"):
+        Synthetic(tmp_path, verbose=False, **{**SIZED, option: value})
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_invalid_workers(tmp_path):
+    with pytest.raises(ValueError, match="workers must be None or >= 1"):
+        Synthetic(tmp_path, verbose=False, workers=0, **TINY)
+
+
+@pytest.mark.parametrize("name, cls", [("synthetic_market", SyntheticMarket), ("synthetic_msmt17", SyntheticMSMT17)])
+def test_sized_sets_match_their_configs_and_build_by_name(tmp_path, name, cls):
+    from conftest import compose_config
+
+    node = compose_config([f"dataset={name}"]).dataset
+    assert node.name == name
+    assert {k: node[k] for k in cls.defaults} == cls.defaults  # the YAML states the class's sizes
+    tiny = dict(num_train_ids=3, num_test_ids=2, num_train_images=12, num_query=4, num_gallery=5,
+                num_distractors=1, height=32, width=16)
+    ds = build_dataset(name, tmp_path, verbose=False, **tiny)
+    assert isinstance(ds, cls) and ds.name == name and Path(ds.root).parent == tmp_path / name
+    assert (len(ds.train), len(ds.query), len(ds.gallery)) == (12, 4, 6)
+    assert ds.params["num_cameras"] == cls.defaults["num_cameras"]
+
+
+def test_real_sizes():
+    m, s = SyntheticMarket.defaults, SyntheticMSMT17.defaults
+    assert (m["num_train_ids"], m["num_train_images"], m["num_cameras"], m["num_query"]) == (751, 12936, 6, 3368)
+    assert m["num_gallery"] + m["num_distractors"] == 15913
+    assert (s["num_train_ids"], s["num_train_images"], s["num_cameras"], s["num_query"]) == (1041, 32621, 15, 11659)
+    assert s["num_gallery"] + s["num_distractors"] == 82161
+    assert (m["height"], m["width"]) == (s["height"], s["width"]) == (256, 128)
+
+
+@pytest.mark.parametrize("preset, name, real", [("market1501_dbscan", "synthetic_market", "market1501"),
+                                                ("market1501_infomap", "synthetic_market", "market1501"),
+                                                ("msmt17_dbscan", "synthetic_msmt17", "msmt17"),
+                                                ("msmt17_infomap", "synthetic_msmt17", "msmt17")])
+def test_presets_run_unchanged_on_the_sized_sets(preset, name, real):
+    """``experiment=<preset> dataset=<synthetic set>``: the command line's dataset wins over the preset's,
+    and everything but the dataset is the preset's on the real dataset (recipe: the real one's)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+
+    on_synthetic = compose_config([f"experiment={preset}", f"dataset={name}", "backbone.pretrained=false"])
+    on_real = compose_config([f"experiment={preset}", "backbone.pretrained=false"])
+    assert on_synthetic.dataset.name == name and on_real.dataset.name == real
+    a, b = OmegaConf.to_container(on_synthetic), OmegaConf.to_container(on_real)
+    a.pop("dataset"), b.pop("dataset")
+    assert a == b
+    assert on_synthetic.backbone.arch == "resnet50" and not on_synthetic.backbone.pretrained
+    assert (on_synthetic.input.height, on_synthetic.input.width) == (256, 128)
+    assert (on_synthetic.train.batch_size, on_synthetic.train.num_instances) == (256, 16)
+    assert on_synthetic.train.sampler == "random_multiple_gallery" and on_synthetic.train.bn_group == 64
+    assert on_synthetic.train.iters == (400 if real == "msmt17" else 200)
+    assert on_synthetic.clusterer._target_.endswith("DBSCANClusterer" if "dbscan" in preset else "InfomapClusterer")
+    assert on_synthetic.memory.queue_size == 16 and on_synthetic.temp._target_.endswith("LearnableTemperature")

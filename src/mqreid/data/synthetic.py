@@ -1,48 +1,61 @@
 """Synthetic: a procedural pedestrian re-ID benchmark written in the Market-1501 layout.
 
-No download: on first use the images are rendered into ``<root>/synthetic/<parameters>/`` and reused
-afterwards. Each identity has a persistent appearance (clothing colours and patterns, sleeve and lower
-garment type, body shape, skin, hair, hat, bag, backpack); each camera has its own nuisance model that a
-standard colour jitter does not invert: per-channel white balance and gamma, a hue rotation, a
-saturation change, lifted blacks / compressed whites, its own view of a shared site (background layout
-and colours), preferred viewpoints (front / back / side, which changes what is visible: a logo only
-from the front, a backpack as straps from the front), person scale and position, blur, resolution loss
-and sensor noise. Images also vary per frame (walking phase, mirroring, position, lighting, partial
-occlusion).
+No download: on first use the images are rendered into ``<root>/<name>/<parameters>/`` (``name``:
+``synthetic``, ``synthetic_market`` or ``synthetic_msmt17``) and reused afterwards. Each identity has a
+persistent appearance (clothing colours and patterns, sleeve and lower garment type, body shape, skin,
+hair, hat, bag, backpack); each camera has its own nuisance model that a standard colour jitter does not
+invert: per-channel white balance and gamma, a hue rotation, a saturation change, lifted blacks /
+compressed whites, its own view of a shared site (background layout and colours), preferred viewpoints
+(front / back / side, which changes what is visible: a logo only from the front, a backpack as straps
+from the front), person scale and position, blur, resolution loss and sensor noise. Images also vary per
+frame (walking phase, mirroring, position, lighting, partial occlusion).
 
 Statistics with the defaults (seed 0): 120 train ids (~1,650 images), 100 test ids (~300 query,
-~1,100 gallery) plus 100 distractor images, 6 cameras, 128x64 pixels.
+~1,100 gallery) plus 100 distractor images, 6 cameras, 128x64 pixels. :class:`SyntheticMarket` and
+:class:`SyntheticMSMT17` are the same generator at the real datasets' sizes (exact split sizes, see
+``num_train_images``), 256x128: Market-1501's 751 / 12,936 train, 3,368 query, 15,913 gallery, 6 cameras;
+MSMT17's 1,041 / 32,621 train, 11,659 query, 82,161 gallery, 15 cameras.
 
-File names follow Market-1501: ``PPPP_cCsS_FFFFFF_BB.jpg`` (pid, 1-based camera, sequence, frame, box).
+File names follow Market-1501: ``PPPP_cCsS_FFFFFF_BB.jpg`` (pid, 1-based camera, sequence, frame, box);
+from 10 cameras on the camera takes two digits (``0001_c12s1_000003_00.jpg``).
 Distractors in the gallery have pid 0 (as in Market-1501; they match no query); there is no junk (-1).
 Each test identity is seen by >= 2 cameras with >= 2 images each; the first image per camera is a query,
 the rest go to the gallery, so every query has a gallery match on another camera.
 
 Rendering is deterministic: every image draws from its own ``numpy.random.Generator`` seeded by
-(seed, pid, camera, frame), so the bytes do not depend on generation order.
+(seed, pid, camera, frame), so the bytes do not depend on generation order, nor on the number of
+processes that render a set (one per available core by default, with a progress bar when verbose).
 """
 
 from __future__ import annotations
 
 import colorsys
+import logging
+import multiprocessing
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm.auto import tqdm
 
 from .base import ReIDDataset
 from .layout import parse_market_layout
 
+log = logging.getLogger(__name__)
+
 _VERSION = 1  # bump whenever the rendering changes, so cached folders are not reused by mistake
-_PATTERN = re.compile(r"([-\d]+)_c(\d)")  # PPPP_cCsS_FFFFFF_BB.jpg -> pid PPPP, camera C (1-based)
+_PATTERN = re.compile(r"([-\d]+)_c(\d+)s")  # PPPP_cCsS_FFFFFF_BB.jpg -> pid PPPP, camera C (1-based, 1..99)
 _JPEG_QUALITY = 90
-_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR, _STREAM_SITE = range(6)
+_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR, _STREAM_SITE, _STREAM_COUNTS = range(7)
+_JOB_IMAGES = 200  # images per job of the process pool
+_IN_PROCESS_BELOW = 1000  # smaller sets render in the calling process (workers=None)
 
 # part labels of the 2x-supersampled label map
 BG, SKIN, HAIR, UPPER, LOWER, SHOES, BAG, BACKPACK, HAT, LOGO, STRAP, OCCLUDER = range(12)
@@ -431,10 +444,76 @@ def _write_jpeg(image: np.ndarray, path: Path) -> None:
 def _plan_identity(rng: np.random.Generator, num_cameras: int, images_per_id: tuple[int, int]) -> list[int]:
     """Camera (0-based) of each image of one identity: >= 2 cameras, >= 2 images on each."""
     n = int(rng.integers(images_per_id[0], images_per_id[1] + 1))
-    k = min(2 + int(rng.binomial(num_cameras - 2, 0.25)), n // 2)
+    return _plan_cameras(rng, num_cameras, n)
+
+
+def _plan_cameras(rng: np.random.Generator, num_cameras: int, n: int, k: int | None = None) -> list[int]:
+    """Cameras (0-based, sorted) of ``n`` images on ``k`` cameras (drawn when None), >= 2 images on each."""
+    if k is None:
+        k = min(2 + int(rng.binomial(num_cameras - 2, 0.25)), n // 2)
     cams = np.sort(rng.choice(num_cameras, size=k, replace=False))
     counts = 2 + rng.multinomial(n - 2 * k, np.full(k, 1.0 / k))
     return [int(c) for c, m in zip(cams, counts) for _ in range(m)]
+
+
+def _allocate(rng: np.random.Generator, total: int, low: np.ndarray,
+              high: int | np.ndarray | None = None) -> np.ndarray:
+    """Split ``total`` into one count per entry of ``low`` [n], with ``low <= count <= high`` (an int or [n]).
+
+    The counts above ``low`` are spread by log-normal weights (some identities are seen much more
+    often than others); what a capped entry would exceed goes to the others."""
+    counts = np.asarray(low, dtype=np.int64).copy()
+    weights = rng.lognormal(0.0, 0.5, len(counts))
+    left = total - int(counts.sum())
+    while left > 0:
+        p = weights if high is None else np.where(counts < high, weights, 0.0)
+        counts += rng.multinomial(left, p / p.sum())
+        over = 0 if high is None else np.maximum(counts - high, 0)
+        counts -= over
+        left = int(np.sum(over))
+    return counts
+
+
+def _plan_set(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_id: tuple[int, int],
+              num_train_images: int | None, num_query: int | None, num_gallery: int | None, seed: int,
+              **_) -> list[tuple[int, list[tuple[str, int, int]]]]:
+    """(pid, [(split, camera, frame), ...]) of every identity, pids 1.. (train first, then test).
+
+    Without split sizes every identity draws its number of images from ``images_per_id``. With them,
+    the training images, the queries and the gallery images are first split among the identities
+    (stream ``_STREAM_COUNTS``): a test identity with q queries is seen by q cameras, its first image on
+    each is the query, so every query has a gallery image on the same camera and on >= 1 other. The
+    training identities are seen by as many cameras on average as the test identities."""
+    sized = num_train_images is not None
+    if sized:
+        rng = _rng(seed, _STREAM_COUNTS)
+        train_n = _allocate(rng, num_train_images, np.full(num_train_ids, 4))
+        test_k = _allocate(rng, num_query, np.full(num_test_ids, 2), num_cameras)
+        test_g = _allocate(rng, num_gallery, test_k)  # >= one gallery image per query camera
+        train_high = np.minimum(num_cameras, train_n // 2)  # >= 2 images per camera
+        train_cams = round(num_query * num_train_ids / num_test_ids)
+        train_k = _allocate(rng, min(train_cams, int(train_high.sum())), np.full(num_train_ids, 2), train_high)
+    plan = []
+    for pid in range(1, num_train_ids + num_test_ids + 1):
+        rng = _rng(seed, _STREAM_PLAN, pid)
+        test = pid - num_train_ids - 1  # index among the test identities when >= 0
+        if not sized:
+            cams = _plan_identity(rng, num_cameras, images_per_id)
+        elif test < 0:
+            cams = _plan_cameras(rng, num_cameras, int(train_n[pid - 1]), int(train_k[pid - 1]))
+        else:
+            cams = _plan_cameras(rng, num_cameras, int(test_k[test] + test_g[test]), int(test_k[test]))
+        seen: set[int] = set()
+        images = []
+        for frame, cam in enumerate(cams):
+            if test < 0:
+                split = "bounding_box_train"
+            else:  # the first image per camera is a query, the rest gallery
+                split = "bounding_box_test" if cam in seen else "query"
+                seen.add(cam)
+            images.append((split, cam, frame))
+        plan.append((pid, images))
+    return plan
 
 
 class Synthetic(ReIDDataset):
@@ -445,10 +524,16 @@ class Synthetic(ReIDDataset):
     ``Synthetic(root)`` is not the default benchmark: pass those values to get it.
 
     Args:
-        root: data root; images go to ``<root>/synthetic/<folder named by every parameter>``.
+        root: data root; images go to ``<root>/<name>/<folder named by every parameter>`` (``name``:
+            ``synthetic``, or the sized sets' ``synthetic_market`` / ``synthetic_msmt17``).
         num_train_ids / num_test_ids: identities in the training / query+gallery splits.
-        num_cameras: 2..9 (one digit in the file names).
+        num_cameras: 2..99 (written as ``c1`` .. ``c99`` in the file names).
         images_per_id: inclusive (min, max) images per identity; min >= 4 (2 cameras x 2 images).
+            Not used when the split sizes are given.
+        num_train_images / num_query / num_gallery: exact split sizes (all three or none):
+            training images (>= 4 per training id), queries (2..num_cameras per test id: one per
+            camera that sees the id) and gallery images of the test ids (>= num_query; the
+            distractors come on top). None: each identity draws its size from ``images_per_id``.
         num_distractors: gallery images of unrelated people (pid 0).
         height / width: image size in pixels.
         camera_shift: strength of the per-camera colour model (white balance, gamma, hue, saturation,
@@ -456,8 +541,10 @@ class Synthetic(ReIDDataset):
         noise: strength of the per-camera sensor noise, blur and resolution loss; 0 disables them.
         occlusion: probability that an image is partly occluded.
         seed: generation seed; same parameters and seed give byte-identical files.
+        workers: processes that render a set not yet on disk; None: one per available core (one for
+            sets under 1,000 images). The files do not depend on it.
         verbose, on_bad_image: see :class:`~mqreid.data.base.ReIDDataset` (the generated files are
-            checked like any dataset's).
+            checked like any dataset's); ``verbose`` also shows a progress bar while rendering.
     """
 
     name = "synthetic"
@@ -470,6 +557,9 @@ class Synthetic(ReIDDataset):
         num_test_ids: int = 100,
         num_cameras: int = 6,
         images_per_id: tuple[int, int] = (8, 20),
+        num_train_images: int | None = None,
+        num_query: int | None = None,
+        num_gallery: int | None = None,
         num_distractors: int = 100,
         height: int = 128,
         width: int = 64,
@@ -477,17 +567,21 @@ class Synthetic(ReIDDataset):
         noise: float = 1.0,
         occlusion: float = 0.2,
         seed: int = 0,
+        workers: int | None = None,
         verbose: bool = True,
         on_bad_image: str = "error",
     ) -> None:
         self.params = dict(num_train_ids=num_train_ids, num_test_ids=num_test_ids, num_cameras=num_cameras,
-                           images_per_id=images_per_id, num_distractors=num_distractors, height=height,
+                           images_per_id=images_per_id, num_train_images=num_train_images, num_query=num_query,
+                           num_gallery=num_gallery, num_distractors=num_distractors, height=height,
                            width=width, camera_shift=float(camera_shift), noise=float(noise),
                            occlusion=float(occlusion), seed=int(seed))
         _validate(**self.params)
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"{type(self).__name__}: workers must be None or >= 1, got {workers!r}")
         folder = Path(root) / self.name / self.folder_name(**self.params)
         if not folder.is_dir():
-            _generate_atomically(folder, **self.params)
+            _generate_atomically(folder, workers=workers, progress=verbose, desc=self.name, **self.params)
         # Junk rule: no junk; the distractors (pid 0) are in the gallery only.
         train, query, gallery = parse_market_layout(folder, _PATTERN, example="0001_c1s1_000000_00.jpg")
         super().__init__(train, query, gallery, root=folder, verbose=verbose, on_bad_image=on_bad_image)
@@ -495,15 +589,54 @@ class Synthetic(ReIDDataset):
     @staticmethod
     def folder_name(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_id: tuple[int, int],
                     num_distractors: int, height: int, width: int, camera_shift: float, noise: float,
-                    occlusion: float, seed: int) -> str:
+                    occlusion: float, seed: int, num_train_images: int | None = None, num_query: int | None = None,
+                    num_gallery: int | None = None) -> str:
         """Folder name that encodes every generation parameter (and the renderer version)."""
+        sizes = (f"_img{images_per_id[0]}-{images_per_id[1]}" if num_train_images is None
+                 else f"_n{num_train_images}-{num_query}-{num_gallery}")
         return (f"v{_VERSION}_ids{num_train_ids}-{num_test_ids}_d{num_distractors}_cam{num_cameras}"
-                f"_img{images_per_id[0]}-{images_per_id[1]}_{height}x{width}_shift{camera_shift!r}"
-                f"_noise{noise!r}_occ{occlusion!r}_seed{seed}")
+                f"{sizes}_{height}x{width}_shift{camera_shift!r}_noise{noise!r}_occ{occlusion!r}_seed{seed}")
 
 
-def _validate(*, num_train_ids, num_test_ids, num_cameras, images_per_id, num_distractors, height, width,
-              camera_shift, noise, occlusion, seed) -> None:
+class _SizedSet(Synthetic):
+    """:class:`Synthetic` with the class's ``defaults`` (any of them can be overridden)."""
+
+    defaults: dict = {}
+
+    def __init__(self, root: str | Path, **kwargs) -> None:
+        super().__init__(root, **{**self.defaults, **kwargs})
+
+
+class SyntheticMarket(_SizedSet):
+    """:class:`Synthetic` at Market-1501's size and resolution (the defaults below; any can be overridden).
+
+    751 training ids with 12,936 images, 750 test ids with 3,368 queries and 13,120 gallery images, plus
+    2,793 distractors (Market-1501's 15,913 gallery images in all), 6 cameras, 256x128, the benchmark's
+    camera model (camera_shift 0.3, noise 0.3, occlusion 0.1). ``dataset=synthetic_market``."""
+
+    name = "synthetic_market"
+    defaults = dict(num_train_ids=751, num_test_ids=750, num_cameras=6, num_train_images=12936, num_query=3368,
+                    num_gallery=13120, num_distractors=2793, height=256, width=128, camera_shift=0.3, noise=0.3,
+                    occlusion=0.1)
+
+
+class SyntheticMSMT17(_SizedSet):
+    """:class:`Synthetic` at MSMT17's size and resolution (the defaults below; any can be overridden).
+
+    1,041 training ids with 32,621 images, 3,060 test ids with 11,659 queries and 82,161 gallery images,
+    no distractors, 15 cameras, 256x128, the benchmark's camera model. ``dataset=synthetic_msmt17``."""
+
+    name = "synthetic_msmt17"
+    defaults = dict(num_train_ids=1041, num_test_ids=3060, num_cameras=15, num_train_images=32621,
+                    num_query=11659, num_gallery=82161, num_distractors=0, height=256, width=128, camera_shift=0.3,
+                    noise=0.3, occlusion=0.1)
+
+
+SYNTHETIC_SETS: dict[str, type[Synthetic]] = {cls.name: cls for cls in (Synthetic, SyntheticMarket, SyntheticMSMT17)}
+
+
+def _validate(*, num_train_ids, num_test_ids, num_cameras, images_per_id, num_train_images, num_query, num_gallery,
+              num_distractors, height, width, camera_shift, noise, occlusion, seed) -> None:
     def need(ok: bool, option: str, expected: str, value) -> None:
         if not ok:
             raise ValueError(f"Synthetic: {option} must be {expected}, got {value!r}")
@@ -512,10 +645,20 @@ def _validate(*, num_train_ids, num_test_ids, num_cameras, images_per_id, num_di
     need(num_test_ids >= 1, "num_test_ids", ">= 1", num_test_ids)
     need(num_train_ids + num_test_ids <= 9999, "num_train_ids + num_test_ids", "<= 9999 (4-digit pids)",
          num_train_ids + num_test_ids)
-    need(2 <= num_cameras <= 9, "num_cameras", "in 2..9", num_cameras)
+    need(2 <= num_cameras <= 99, "num_cameras", "in 2..99", num_cameras)
     need(isinstance(images_per_id, Sequence) and not isinstance(images_per_id, str) and len(images_per_id) == 2
          and 4 <= images_per_id[0] <= images_per_id[1], "images_per_id", "(min, max) with 4 <= min <= max",
          images_per_id)
+    sizes = {"num_train_images": num_train_images, "num_query": num_query, "num_gallery": num_gallery}
+    given = [k for k, v in sizes.items() if v is not None]
+    need(len(given) in (0, 3), "num_train_images, num_query, num_gallery", "all given or all None", sizes)
+    if given:
+        need(4 * num_train_ids <= num_train_images <= 999999 * num_train_ids, "num_train_images",
+             f">= 4 per training id ({4 * num_train_ids})", num_train_images)
+        need(2 * num_test_ids <= num_query <= num_cameras * num_test_ids, "num_query",
+             f"2..num_cameras per test id ({2 * num_test_ids}..{num_cameras * num_test_ids})", num_query)
+        need(num_query <= num_gallery <= 999999 * num_test_ids, "num_gallery", f">= num_query ({num_query})",
+             num_gallery)
     need(0 <= num_distractors <= 999999, "num_distractors", "in 0..999999", num_distractors)
     need(height >= 16, "height", ">= 16", height)
     need(width >= 8, "width", ">= 8", width)
@@ -538,32 +681,95 @@ def _generate_atomically(folder: Path, **params) -> None:
             raise
 
 
-def _generate(out: Path, *, num_train_ids, num_test_ids, num_cameras, images_per_id, num_distractors, height,
-              width, camera_shift, noise, occlusion, seed) -> None:
-    dirs = {s: out / s for s in ("bounding_box_train", "query", "bounding_box_test")}
-    for d in dirs.values():
-        d.mkdir()
-    site = _scene_colours(_rng(seed, _STREAM_SITE))
-    cams = [_make_camera(_rng(seed, _STREAM_CAM, c), site, height, width, camera_shift, noise)
-            for c in range(num_cameras)]
+class _Renderer:
+    """Renders images of one set into ``out``; every process builds its own from the parameters."""
 
-    def emit(split: str, pid: int, ident: _Identity, cam: int, frame: int) -> None:
-        image = _render(ident, cams[cam], _rng(seed, _STREAM_IMG, pid, cam, frame), height, width, occlusion)
-        _write_jpeg(image, dirs[split] / f"{pid:04d}_c{cam + 1}s1_{frame:06d}_00.jpg")
+    def __init__(self, out: Path, *, num_cameras, height, width, camera_shift, noise, occlusion, seed, **_) -> None:
+        self.out, self.seed, self.height, self.width, self.occlusion = Path(out), seed, height, width, occlusion
+        self.num_cameras = num_cameras
+        site = _scene_colours(_rng(seed, _STREAM_SITE))
+        self.cams = [_make_camera(_rng(seed, _STREAM_CAM, c), site, height, width, camera_shift, noise)
+                     for c in range(num_cameras)]
 
-    for pid in range(1, num_train_ids + num_test_ids + 1):
-        ident = _make_identity(_rng(seed, _STREAM_ID, pid))
-        seen: set[int] = set()
-        for frame, cam in enumerate(_plan_identity(_rng(seed, _STREAM_PLAN, pid), num_cameras, images_per_id)):
-            if pid <= num_train_ids:
-                split = "bounding_box_train"
-            else:  # the first image per camera is a query, the rest gallery
-                split = "bounding_box_test" if cam in seen else "query"
-                seen.add(cam)
-            emit(split, pid, ident, cam, frame)
-    for k in range(num_distractors):
-        rng = _rng(seed, _STREAM_DISTRACTOR, k)
-        emit("bounding_box_test", 0, _make_identity(rng), int(rng.integers(num_cameras)), k)
+    def emit(self, split: str, pid: int, ident: _Identity, cam: int, frame: int) -> None:
+        image = _render(ident, self.cams[cam], _rng(self.seed, _STREAM_IMG, pid, cam, frame), self.height,
+                        self.width, self.occlusion)
+        _write_jpeg(image, self.out / split / f"{pid:04d}_c{cam + 1}s1_{frame:06d}_00.jpg")
+
+    def run(self, job: tuple) -> int:
+        """Render one job: ``("ids", [(pid, [(split, cam, frame), ...]), ...])`` or ``("distractors", start,
+        stop)``; return the number of images written."""
+        if job[0] == "ids":
+            for pid, images in job[1]:
+                ident = _make_identity(_rng(self.seed, _STREAM_ID, pid))
+                for split, cam, frame in images:
+                    self.emit(split, pid, ident, cam, frame)
+            return sum(len(images) for _, images in job[1])
+        for k in range(job[1], job[2]):
+            rng = _rng(self.seed, _STREAM_DISTRACTOR, k)
+            self.emit("bounding_box_test", 0, _make_identity(rng), int(rng.integers(self.num_cameras)), k)
+        return job[2] - job[1]
 
 
-__all__ = ["Synthetic"]
+_worker_renderer: _Renderer | None = None  # the renderer of a worker process
+
+
+def _init_worker(out: str, params: dict) -> None:
+    global _worker_renderer
+    _worker_renderer = _Renderer(Path(out), **params)
+
+
+def _run_in_worker(job: tuple) -> int:
+    assert _worker_renderer is not None
+    return _worker_renderer.run(job)
+
+
+def _jobs(plan: list, num_distractors: int) -> list[tuple]:
+    """The plan cut into jobs of about ``_JOB_IMAGES`` images (whole identities; distractors in ranges)."""
+    size = _JOB_IMAGES
+    jobs, chunk, n = [], [], 0
+    for pid, images in plan:
+        chunk.append((pid, images))
+        n += len(images)
+        if n >= size:
+            jobs.append(("ids", chunk))
+            chunk, n = [], 0
+    if chunk:
+        jobs.append(("ids", chunk))
+    jobs += [("distractors", k, min(k + size, num_distractors)) for k in range(0, num_distractors, size)]
+    return jobs
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _generate(out: Path, *, workers: int | None = None, progress: bool = False, desc: str = "synthetic",
+              **params) -> None:
+    for split in ("bounding_box_train", "query", "bounding_box_test"):
+        (out / split).mkdir()
+    plan = _plan_set(**params)
+    total = sum(len(images) for _, images in plan) + params["num_distractors"]
+    jobs = _jobs(plan, params["num_distractors"])
+    if workers is None:
+        workers = 1 if total < _IN_PROCESS_BELOW else _available_cores()
+    workers = max(1, min(workers, len(jobs)))
+    log.info("%s: rendering %d images (%d process%s)", desc, total, workers, "" if workers == 1 else "es")
+    with tqdm(total=total, desc=f"rendering {desc}", unit="img", disable=not progress, leave=False) as bar:
+        if workers == 1:
+            renderer = _Renderer(out, **params)
+            for job in jobs:
+                bar.update(renderer.run(job))
+            return
+        # fork where the platform has it: a spawned worker would re-import torch (seconds) through the package
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                   initializer=_init_worker, initargs=(str(out), params))
+        try:
+            for future in as_completed([pool.submit(_run_in_worker, job) for job in jobs]):
+                bar.update(future.result())
+        finally:  # on an error, drop the jobs not started and wait for the running ones before cleaning up
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+__all__ = ["SYNTHETIC_SETS", "Synthetic", "SyntheticMSMT17", "SyntheticMarket"]
