@@ -122,6 +122,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _padded_to_largest(tensor: torch.Tensor, world: int) -> tuple[torch.Tensor, list[int]]:
+    """``tensor`` zero-padded along dim 0 to the largest row count of any rank, and every rank's count."""
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    counts = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    return padded.contiguous(), counts
+
+
 def all_gather_cat(tensor: torch.Tensor, same_size: bool = False) -> torch.Tensor:
     """Concatenate ``tensor`` [n_r, ...] from every rank along dim 0, in rank order (sizes may differ).
 
@@ -134,14 +145,9 @@ def all_gather_cat(tensor: torch.Tensor, same_size: bool = False) -> torch.Tenso
         out = [torch.empty_like(tensor) for _ in range(world)]
         dist.all_gather(out, tensor.contiguous())
         return torch.cat(out)
-    n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
+    padded, sizes = _padded_to_largest(tensor, world)
     out = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded.contiguous())
+    dist.all_gather(out, padded)
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
 
@@ -151,14 +157,9 @@ def gather_cat(tensor: torch.Tensor, dst: int = 0) -> torch.Tensor | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
     world = dist.get_world_size()
-    n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
+    padded, sizes = _padded_to_largest(tensor, world)
     out = [torch.empty_like(padded) for _ in range(world)] if dist.get_rank() == dst else None
-    dist.gather(padded.contiguous(), out, dst=dst)
+    dist.gather(padded, out, dst=dst)
     return torch.cat([o[:s] for o, s in zip(out, sizes)]) if out is not None else None
 
 
