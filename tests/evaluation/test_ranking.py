@@ -222,9 +222,11 @@ def test_evaluate_features_accepts_numpy_and_half_precision():
     assert half["mAP"] == pytest.approx(expected["mAP"], abs=0.02)  # float16 inputs are ranked in float32
 
 
+@pytest.mark.parametrize("threads", [1, 3])  # rows split among threads: 3 parts of 7 rows
 @pytest.mark.parametrize("num_g", [1, 2, 64, 65, 1000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cpu_key_sort_equals_torch_stable_sort(num_g, dtype):
+def test_cpu_key_sort_equals_torch_stable_sort(monkeypatch, threads, num_g, dtype):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     # Few distinct values (many ties), both zeros, infinities and NaNs of both signs.
     rng = np.random.default_rng(num_g)
     values = np.array([-np.inf, -2.5, -1.0, -0.0, 0.0, 1e-30, 0.5, 1.0, 3.0, np.inf, np.nan, -np.nan], np.float32)
@@ -260,4 +262,19 @@ def test_evaluate_rows_equals_evaluate_ranking(chunk):
     result = evaluate_rows(dist_rows, dist.shape, q_pids, g_pids, q_cams, g_cams, chunk_size=chunk)
     assert calls == [(s, min(s + chunk, 37)) for s in range(0, 37, chunk)]
     assert result["mAP"] == expected["mAP"] and result["num_valid_queries"] == expected["num_valid_queries"]
+    np.testing.assert_array_equal(result["cmc"], expected["cmc"])
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 14, 20])  # 1 and 7: one chunk per block; 20: rounded down to 14
+def test_evaluate_features_distance_blocks(monkeypatch, block_rows):
+    gen = torch.Generator().manual_seed(3)
+    q_pids, g_pids = torch.arange(30) % 10, torch.arange(90) % 10
+    q_feats, g_feats = torch.randn(30, 16, generator=gen), torch.randn(90, 16, generator=gen)
+    q_feats += 2 * torch.randn(10, 16, generator=gen)[q_pids]
+    g_feats += 2 * torch.randn(10, 16, generator=gen)[g_pids]
+    q_cams, g_cams = torch.randint(0, 3, (30,), generator=gen), torch.randint(0, 3, (90,), generator=gen)
+    expected = evaluate_ranking(pairwise_distance(q_feats, g_feats), q_pids, g_pids, q_cams, g_cams)
+    monkeypatch.setattr("mqreid.evaluation.ranking.DISTANCE_BLOCK_ROWS", block_rows)
+    result = evaluate_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, chunk_size=7)
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
     np.testing.assert_array_equal(result["cmc"], expected["cmc"])

@@ -13,6 +13,7 @@ that are produced a chunk of queries at a time (e.g. re-ranked ones) without a [
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -23,10 +24,15 @@ __all__ = ["METRICS", "evaluate_features", "evaluate_ranking", "evaluate_rows", 
 
 METRICS = ("euclidean", "cosine")
 
-# Queries ranked at once. Memory per chunk is about 30 bytes x chunk_size x G (distances, sort
-# values and indices, masks, cumulative counts): ~0.3 GB for MSMT17's 82,161 gallery images.
-# On 2 CPU cores 64 and 128 ran MSMT17 equally fast, 256 slower (the sort leaves the caches).
+# Queries ranked at once. Memory per chunk is about 30 bytes x chunk_size x G (distances, their
+# float32 copy, int64 sort keys, id masks and labels): ~0.3 GB for MSMT17's 82,161 gallery images.
+# On 2 CPU cores, chunks of 64, 128 and 256 queries ranked rows of that size equally fast.
 DEFAULT_CHUNK_SIZE = 128
+# evaluate_features computes distances for blocks of whole chunks, up to this many queries and
+# elements (64M float32 = 256 MB): at D = 2048 on 2 CPU cores, products of 128 query rows ran 1.3x
+# slower than products of 512.
+DISTANCE_BLOCK_ROWS = 512
+DISTANCE_BLOCK_ELEMENTS = 1 << 26
 
 
 def _check_metric(metric: str) -> None:
@@ -126,9 +132,11 @@ def _stable_order(dist: Tensor) -> Tensor:
     """Column indices sorting each row of ``dist`` [C, G] ascending, ties in column (gallery) order.
 
     The order is that of ``torch.sort(dist, dim=1, stable=True)`` (NaN last, ``-0.0 == 0.0``). On CUDA
-    that sort is fast. On the CPU it is not: at MSMT17 size torch's stable sort takes about 1.9x and
-    numpy's ``argsort`` 2x the time numpy takes to sort int64 keys, so rows of up to 32-bit floats on the
-    CPU go through :func:`_stable_order_by_keys`.
+    that sort is fast; on the CPU it is the slowest option. Rows of 82,161 float32 distances (MSMT17's
+    gallery) on the 2-core development CPU took 4.5 ms each with torch's stable sort, 2.5 ms with numpy's
+    (unstable) ``argsort`` and 1.4 ms with numpy sorting int64 keys on one thread, keys built included
+    (0.8 ms with the rows split over 2 threads); so rows of up to 32-bit floats on the CPU go through
+    :func:`_stable_order_by_keys`.
     """
     if dist.device.type == "cpu" and dist.dtype in (torch.float32, torch.float16, torch.bfloat16) \
             and dist.shape[1] <= 1 << 31:
@@ -142,24 +150,37 @@ def _stable_order_by_keys(dist: Tensor) -> Tensor:
     The key of entry (r, c) is ``s * 2**b + c``, with ``s`` an int32 that orders like the float32 value
     and ``2**b`` > G: keys are distinct, so numpy's (unstable, SIMD) sort of the keys gives the stable
     order, read from their low ``b`` bits. Equal floats get equal ``s`` (``-0.0`` is made ``+0.0``, every
-    NaN the largest int32).
+    NaN the largest int32). numpy sorts on one core, so the rows are split among
+    ``torch.get_num_threads()`` threads (numpy releases the GIL while it works).
     """
-    bits = max(1, (dist.shape[1] - 1).bit_length())
-    x = dist.detach().to(torch.float32).numpy() + np.float32(0.0)  # a copy, with -0.0 turned into +0.0
-    nan = np.isnan(x)
-    if not nan.any():
-        nan = None
-    s = x.view(np.int32)
+    x = dist.detach().to(torch.float32).numpy()
+    order = np.empty(x.shape, np.int64)
+    bits = max(1, (x.shape[1] - 1).bit_length())
+    parts = max(1, min(torch.get_num_threads(), x.shape[0]))
+    bounds = [x.shape[0] * i // parts for i in range(parts + 1)]
+    if parts == 1:
+        _sort_keys(x, order, bits)
+    else:
+        with ThreadPoolExecutor(parts) as pool:
+            list(pool.map(lambda a, b: _sort_keys(x[a:b], order[a:b], bits), bounds[:-1], bounds[1:]))
+    return torch.from_numpy(order)
+
+
+def _sort_keys(x: np.ndarray, out: np.ndarray, bits: int) -> None:
+    """Write into ``out`` the column order of each row of the float32 ``x`` (see :func:`_stable_order_by_keys`)."""
+    y = x + np.float32(0.0)  # a copy, with -0.0 turned into +0.0
+    nan = np.isnan(y)
+    s = y.view(np.int32)
     s ^= (s >> 31) & 0x7FFFFFFF  # negative floats: reverse the order of their magnitude bits
-    if nan is not None:
+    if nan.any():
         s[nan] = np.iinfo(np.int32).max  # all NaN equal and after +inf, as in torch.sort
-    keys = s.astype(np.int64)
-    del x, s, nan
-    keys <<= bits
-    keys |= np.arange(dist.shape[1], dtype=np.int64)
-    keys.sort(axis=1)
-    keys &= (1 << bits) - 1
-    return torch.from_numpy(keys)
+    del nan
+    out[...] = s  # int64 keys
+    del y, s
+    out <<= bits
+    out |= np.arange(x.shape[1], dtype=np.int64)
+    out.sort(axis=1)
+    out &= (1 << bits) - 1
 
 
 def _rank_chunk(
@@ -329,8 +350,9 @@ def evaluate_features(
 ) -> dict:
     """mAP and CMC of query features against gallery features, without a full [Q, G] matrix.
 
-    Distances (see :func:`pairwise_distance`) are computed for ``chunk_size`` queries at a time and
-    ranked at once, on the device of ``q_feats``; ``g_feats`` is moved there if needed.
+    Distances (see :func:`pairwise_distance`) are computed for a block of whole chunks of queries at
+    a time (up to ``DISTANCE_BLOCK_ROWS`` queries and ``DISTANCE_BLOCK_ELEMENTS`` distances) and ranked
+    ``chunk_size`` queries at once, on the device of ``q_feats``; ``g_feats`` is moved there if needed.
 
     Args:
         q_feats: [Q, D] query features; g_feats: [G, D] gallery features (torch or numpy).
@@ -352,13 +374,23 @@ def evaluate_features(
     if metric == "cosine":
         g_inv_norm = _inv_norm(g)  # gallery terms once for all chunks
 
-        def dist_rows(rows: slice) -> Tensor:
+        def distances(rows: slice) -> Tensor:
             return _cosine(q[rows], g, g_inv_norm)
     else:
         g_sq = _sq_norm(g)
 
-        def dist_rows(rows: slice) -> Tensor:
+        def distances(rows: slice) -> Tensor:
             return _sq_euclidean(q[rows], g, g_sq)
+
+    block_rows = chunk_size * max(1, min(DISTANCE_BLOCK_ROWS, DISTANCE_BLOCK_ELEMENTS // num_g) // chunk_size)
+    block: dict[str, Any] = {"start": -1, "dist": None}
+
+    def dist_rows(rows: slice) -> Tensor:
+        start = rows.start - rows.start % block_rows
+        if block["start"] != start:
+            block["dist"] = None  # freed before the next block is computed
+            block["dist"], block["start"] = distances(slice(start, start + block_rows)), start
+        return block["dist"][rows.start - start:rows.stop - start]
 
     return _evaluate(dist_rows, ids, num_q, num_g, max_rank, chunk_size)
 
