@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("matplotlib")
+from mqreid.tools.eps import main, parse_eps, run_eps_sweep
 
-from mqreid.tools.eps import main, parse_eps, run_eps_sweep  # noqa: E402
-
-from tiny_checkpoint import write_tiny_checkpoint  # noqa: E402
+from tiny_checkpoint import write_tiny_checkpoint
 
 
 def test_parse_eps():

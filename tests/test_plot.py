@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("matplotlib")
-
-from mqreid.tools.plot import load_series, main, plot_runs, read_metrics  # noqa: E402
+from mqreid.tools.plot import load_series, main, plot_runs, read_metrics
 
 
 def write_run(folder, epochs=4, labels=True):

@@ -292,19 +292,9 @@ def test_read_jsonl_is_tolerant(tmp_path):
 
 
 def test_png_written(multirun):
-    pytest.importorskip("matplotlib")
     assert rp.main([str(multirun)]) == 0
     assert (multirun / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in multirun.iterdir() if p.name.startswith(".report")]
-
-
-def test_png_skipped_without_matplotlib(multirun, monkeypatch, capsys):
-    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
-        monkeypatch.setitem(sys.modules, name, None)
-    assert rp.main([str(multirun)]) == 0
-    assert "matplotlib is not installed" in capsys.readouterr().err
-    assert (multirun / "report.md").is_file() and (multirun / "report.csv").is_file()
-    assert not (multirun / "report.png").exists()
 
 
 def test_errors_for_missing_or_empty_folders(tmp_path, capsys):

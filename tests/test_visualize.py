@@ -7,12 +7,9 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from matplotlib.colors import to_rgba
 
-pytest.importorskip("matplotlib")
-
-from matplotlib.colors import to_rgba  # noqa: E402
-
-from mqreid.visualize import (CORRECT, WRONG, average_precision, cluster_gallery_figure,  # noqa: E402
+from mqreid.visualize import (CORRECT, WRONG, average_precision, cluster_gallery_figure,
                               cluster_purity, filtered_ranking, ranked_list_figure, save_figure, select_clusters,
                               select_queries)
 

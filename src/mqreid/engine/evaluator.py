@@ -64,10 +64,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     out = Path(to_absolute_path(cfg.output)) if cfg.output else \
         Path(checkpoint).with_name(f"{Path(checkpoint).stem}_eval_{dataset.name}.json")
     if eval_cfg.visualize:
-        picture = ranked_lists(out.with_suffix(".png"), dataset, features["query"], features["gallery"],
-                               eval_cfg.visualize, eval_cfg.metric)
-        if picture is not None:
-            log.info("wrote %s", picture)
+        log.info("wrote %s", ranked_lists(out.with_suffix(".png"), dataset, features["query"], features["gallery"],
+                                          eval_cfg.visualize, eval_cfg.metric))
     result = {"checkpoint": checkpoint, "dataset": dataset.name, "input": [height, width],
               "precision": precision, **rows}
     write_json_atomic(out, result)

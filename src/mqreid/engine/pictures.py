@@ -15,28 +15,19 @@ from mqreid.data.base import ReIDDataset, id_arrays
 from mqreid.evaluation import pairwise_distance
 
 log = logging.getLogger("mqreid")
-_warned = False
 
 
 def _visualize():
-    global _warned
-    try:
-        from mqreid import visualize
-    except ImportError:
-        if not _warned:
-            log.warning("pictures skipped: they need matplotlib (pip install 'mqreid[viz]')")
-            _warned = True
-        return None
+    from mqreid import visualize  # matplotlib is imported on the first picture, not with the trainer
+
     return visualize
 
 
 def ranked_lists(path: Path, dataset: ReIDDataset, query_features: torch.Tensor, gallery_features: torch.Tensor,
-                 num_queries: int, metric: str = "euclidean", seed: int = 0) -> Path | None:
+                 num_queries: int, metric: str = "euclidean", seed: int = 0) -> Path:
     """``num_queries`` rows (the worst and best queries by AP, and random ones), each the query and its top 10
     gallery images, written to ``path``. Holds the Q x G distance matrix (4 bytes per pair)."""
     visualize = _visualize()
-    if visualize is None:
-        return None
     (query_pids, query_cams), (gallery_pids, gallery_cams) = id_arrays(dataset.query), id_arrays(dataset.gallery)
     distances = pairwise_distance(query_features, gallery_features, metric).numpy()
     figure = visualize.ranked_list_figure([it.path for it in dataset.query], [it.path for it in dataset.gallery],
@@ -45,12 +36,10 @@ def ranked_lists(path: Path, dataset: ReIDDataset, query_features: torch.Tensor,
     return visualize.save_figure(figure, path)
 
 
-def cluster_gallery(path: Path, dataset: ReIDDataset, labels: np.ndarray, seed: int = 0) -> Path | None:
+def cluster_gallery(path: Path, dataset: ReIDDataset, labels: np.ndarray, seed: int = 0) -> Path:
     """Rows of pseudo-label clusters (the largest, the most impure, random ones) and a row of outliers,
     each image marked with its true id when the dataset knows it, written to ``path``."""
     visualize = _visualize()
-    if visualize is None:
-        return None
     true_pids = id_arrays(dataset.train)[0] if dataset.train_labels_known else None
     figure = visualize.cluster_gallery_figure([it.path for it in dataset.train], labels, true_pids, seed=seed)
     return visualize.save_figure(figure, path)

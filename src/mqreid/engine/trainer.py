@@ -460,9 +460,7 @@ class Trainer:
 
     def picture(self, name: str, draw, *args, **kwargs) -> None:
         """Draw a picture into the run directory and hand it to the logger (e.g. wandb images)."""
-        path = draw(self.run_dir / name, *args, **kwargs)
-        if path is not None:
-            self.logger.log_image(name.split("/")[0], path, self.global_step)
+        self.logger.log_image(name.split("/")[0], draw(self.run_dir / name, *args, **kwargs), self.global_step)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, Any]:

@@ -15,9 +15,8 @@ group, paired by seed: its mean, standard error and 95 % confidence interval (St
 pairs - 1 degrees of freedom). A value that is missing or NaN is left out of its column and of the pairs.
 
 Writes ``report.md`` (table, excluded jobs, notes), ``report.csv`` (one row per group) and ``report.png``
-(the metric against the epoch from ``metrics.jsonl``, mean line and ±std band per group; needs matplotlib,
-skipped with a warning without it) into the first folder or ``--out-dir``, each through a temporary file
-renamed into place.
+(the metric against the epoch from ``metrics.jsonl``, mean line and ±std band per group) into the first
+folder or ``--out-dir``, each through a temporary file renamed into place.
 """
 
 from __future__ import annotations
@@ -580,16 +579,14 @@ def curves(report: Report) -> dict[str, tuple[list[int], list[float], list[float
 def plot_curves(report: Report, path: str | Path) -> str | None:
     """Write ``report.metric`` against the epoch to ``path`` (PNG, Agg backend, atomically).
 
-    Returns None when written, else the reason it was not (matplotlib missing, no evaluated epoch).
+    Returns None when written, else the reason it was not (no evaluated epoch).
     """
     data = curves(report)
     if not data:
         return f"no evaluated epoch in any metrics.jsonl; {Path(path).name} not written"
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return f"matplotlib is not installed; {Path(path).name} not written (pip install matplotlib)"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
