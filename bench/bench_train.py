@@ -85,6 +85,7 @@ class ReadyBatches:
         labels = torch.from_numpy(labels)
         gen = torch.Generator().manual_seed(0)
         self.batches = []
+        loader = getattr(loader, "loader", loader)  # the DataLoader inside the trainer's DeviceBatches
         for batch in loader.batch_sampler if loader.batch_sampler is not None else loader.sampler:
             idx = kept[torch.tensor([i for i, _ in batch])]
             self.batches.append((torch.randn(len(idx), *shape, generator=gen), labels[idx], torch.zeros_like(idx), idx))
