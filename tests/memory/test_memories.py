@@ -175,3 +175,28 @@ def test_learnable_temperature_follows_a_raw_parameter_under_adam_and_steplr():
     first = 0.05 - trajectory[9]  # 10 steps at the full rate
     assert first == pytest.approx(10 * 3.5e-6, rel=0.3)
     assert opt.param_groups[1]["weight_decay"] == wd and opt.param_groups[1]["lr"] == pytest.approx(lr * 0.01 * 0.1 ** 3)
+
+
+@pytest.mark.parametrize("bound", [None, 4, 9])  # None: read from the labels; any bound >= the largest count
+def test_centroid_update_with_a_host_bound_matches_loop(bound):
+    feats, labels = _data()
+    mem = CentroidMemory(8, 5, momentum=0.3)
+    mem.reset(feats, labels)
+    ref = mem.features.clone()
+    x = F.normalize(torch.randn(10, 8), dim=1)
+    y = torch.tensor([3, 3, 1, 3, 0, 3, 1, 0, 0, 1])  # cluster 3: 4 samples; cluster 2 and 4: none
+    mem.update(x, y, max_per_cluster=bound)
+    for xi, yi in zip(x, y.tolist()):
+        ref[yi] = F.normalize(0.3 * ref[yi] + 0.7 * xi, dim=0)
+    assert torch.allclose(mem.features, ref, atol=1e-6)
+    assert torch.equal(mem.features[[2, 4]], ref[[2, 4]])  # untouched clusters keep their exact values
+
+
+def test_centroid_update_of_an_empty_batch_changes_nothing():
+    feats, labels = _data()
+    for hard in (False, True):
+        mem = CentroidMemory(8, 5, hard=hard)
+        mem.reset(feats, labels)
+        before = mem.features.clone()
+        mem.update(torch.empty(0, 8), torch.empty(0, dtype=torch.long), max_per_cluster=0)
+        assert torch.equal(mem.features, before)

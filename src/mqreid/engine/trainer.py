@@ -382,6 +382,8 @@ class Trainer:
         for images, targets, _, _ in bar:
             if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_clusters):  # host tensor
                 raise ValueError(f"epoch {epoch + 1}: a batch holds pseudo labels outside [0, {num_clusters - 1}]")
+            # a bound of any cluster's samples in the global batch, for the memory update, read on the host
+            max_per_cluster = int(torch.bincount(targets).max()) * self.env.world_size if targets.numel() else 0
             targets = targets.to(self.device, non_blocking=True)
             if self.on_cuda and train_cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -398,7 +400,7 @@ class Trainer:
             self.temperature.constrain_()
             # the memory sees the whole global batch, so every rank's memory stays identical
             self.memory.update(distributed.all_gather_cat(features.detach().float(), same_size=True),
-                               distributed.all_gather_cat(targets, same_size=True))
+                               distributed.all_gather_cat(targets, same_size=True), max_per_cluster)
             self.global_step += 1
             losses.append(loss.detach())
             temperatures.append(temperature.detach().clone())

@@ -120,8 +120,12 @@ class ClusterMemory(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Write the (detached, L2-normalised) batch features [B, D] with labels [B] into the memory."""
+    def update(self, features: torch.Tensor, labels: torch.Tensor, max_per_cluster: int | None = None) -> None:
+        """Write the (detached, L2-normalised) batch features [B, D] with labels [B] into the memory.
+
+        ``max_per_cluster``: an upper bound, known on the host, of the samples any cluster has in the batch;
+        a memory that needs it (the centroid memory's per-sample recursion) otherwise reads it from the
+        device, which waits for the device."""
         raise NotImplementedError
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:

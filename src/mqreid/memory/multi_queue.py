@@ -69,8 +69,8 @@ class MultiQueueMemory(ClusterMemory):
         return self.queues[torch.arange(self.num_clusters, device=idx.device), idx]
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        self._check(features, labels)
+    def update(self, features: torch.Tensor, labels: torch.Tensor, max_per_cluster: int | None = None) -> None:
+        self._check(features, labels)  # max_per_cluster is not needed: no loop over positions
         features = F.normalize(features.detach().to(self.queues.dtype), dim=1)
         order, ys, counts, rank = self.rank_within_cluster(labels, self.num_clusters)  # batch order kept
         # A cluster with more than queue_size samples in the batch writes some slots several times; the last
