@@ -14,7 +14,7 @@ from PIL import Image
 from mqreid.data import DatasetError, build_dataset, synthetic
 from mqreid.data.layout import parse_folder
 from mqreid.data.market1501 import Market1501
-from mqreid.data.synthetic import Synthetic, SyntheticMarket, SyntheticMSMT17
+from mqreid.data.synthetic import Nuisances, Synthetic, SyntheticHard, SyntheticMarket, SyntheticMSMT17
 
 TINY = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_id=(4, 6), num_distractors=2,
             height=32, width=16, seed=3)
@@ -269,7 +269,8 @@ def test_invalid_workers(tmp_path):
         Synthetic(tmp_path, verbose=False, workers=0, **TINY)
 
 
-@pytest.mark.parametrize("name, cls", [("synthetic_market", SyntheticMarket), ("synthetic_msmt17", SyntheticMSMT17)])
+@pytest.mark.parametrize("name, cls", [("synthetic_market", SyntheticMarket), ("synthetic_msmt17", SyntheticMSMT17),
+                                       ("synthetic_hard", SyntheticHard)])
 def test_sized_sets_match_their_configs_and_build_by_name(tmp_path, name, cls):
     from conftest import compose_config
 
@@ -317,3 +318,72 @@ def test_presets_run_unchanged_on_the_sized_sets(preset, name, real):
     assert on_synthetic.train.iters == (400 if real == "msmt17" else 200)
     assert on_synthetic.clusterer._target_.endswith("DBSCANClusterer" if "dbscan" in preset else "InfomapClusterer")
     assert on_synthetic.memory.queue_size == 16 and on_synthetic.temp._target_.endswith("LearnableTemperature")
+
+
+# the hard variant's nuisances on a tiny sized set: long visits so that bursts are visible
+HARD = dict(SIZED, nuisances=dict(time_slots=3, outfits=2, burst=4, lookalikes=0.5, box_jitter=1.5, count_spread=1.0))
+
+
+def test_no_nuisances_is_the_plain_generator(tmp_path):
+    """Nuisances at their defaults draw nothing: the folder and every byte are those of the plain set."""
+    plain = Synthetic(tmp_path / "a", verbose=False, **SIZED)
+    neutral = Synthetic(tmp_path / "b", verbose=False, **SIZED, nuisances=dict(time_slots=1, burst=1, outfits=1))
+    assert Path(plain.root).name == Path(neutral.root).name and "_ts" not in Path(plain.root).name
+    assert files_of(Path(plain.root)) == files_of(Path(neutral.root))
+    assert Nuisances().tag() == "" and Nuisances(burst=4, lookalikes=0.15).tag() == "_bu4_la0.15"
+
+
+def test_hard_sets_are_deterministic_named_by_their_nuisances_and_worker_independent(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "_JOB_IMAGES", 6)
+    one = Synthetic(tmp_path / "one", verbose=False, workers=1, **HARD)
+    two = Synthetic(tmp_path / "two", verbose=False, workers=2, **HARD)
+    assert Path(one.root).name.endswith("_ts3_of2_bu4_la0.5_bj1.5_cs1.0")
+    assert files_of(Path(one.root)) == files_of(Path(two.root))
+    plain = files_of(Path(Synthetic(tmp_path / "plain", verbose=False, **SIZED).root))
+    hard = files_of(Path(one.root))
+    assert len(plain) == len(hard)  # the same split sizes
+    shared = plain.keys() & hard.keys()  # the long tail moves some images to other identities
+    assert shared and all(plain[k] != hard[k] for k in shared)  # the nuisances change every image
+
+
+def test_burst_frames_are_near_duplicates(tmp_path):
+    """Frames of one visit differ far less than two images of one identity from different visits."""
+    ds = Synthetic(tmp_path, verbose=False, **{**SIZED, "height": 64, "width": 32,
+                                               "nuisances": dict(burst=8)})
+    renderer = synthetic._Renderer(tmp_path, **ds.params)
+    within, across = [], []
+    for pid, images in synthetic._plan_set(**ds.params)[:SIZED["num_train_ids"]]:
+        visits = [v for v in renderer.visits(pid, images) if len(v) >= 2]
+        pixels = {f: np.asarray(Image.open(Path(ds.root) / s / f"{pid:04d}_c{c + 1}s1_{f:06d}_00.jpg"), np.float32)
+                  for s, c, f in images}
+        for v in visits:
+            within.append(np.abs(pixels[v[0][2]] - pixels[v[1][2]]).mean())
+        firsts = [v[0][2] for v in renderer.visits(pid, images)]
+        across += [np.abs(pixels[a] - pixels[b]).mean() for a, b in zip(firsts, firsts[1:])]
+    assert within and across and np.mean(within) < 0.5 * np.mean(across)
+
+
+def test_outfits_and_lookalikes_change_clothes_only(tmp_path):
+    params = dict(SIZED, camera_shift=1.0, noise=1.0, occlusion=0.2, nuisances=Nuisances(outfits=3, lookalikes=1.0))
+    renderer = synthetic._Renderer(tmp_path, **params)
+    for pid in range(1, SIZED["num_train_ids"] + SIZED["num_test_ids"] + 1):
+        own = synthetic._make_identity(synthetic._rng(SIZED["seed"], synthetic._STREAM_ID, pid))
+        outfits = renderer.outfits(pid)
+        assert len(outfits) == 3
+        for outfit in outfits:
+            assert outfit.height == own.height and np.array_equal(outfit.skin, own.skin)  # the same person
+        assert not np.array_equal(outfits[0].upper, own.upper)  # every identity is a look-alike here
+        assert not np.array_equal(outfits[1].upper, outfits[2].upper)
+
+
+@pytest.mark.parametrize("value, message", [
+    (dict(burst=0), r"nuisances\.burst must be >= 1, got 0"),
+    (dict(lookalikes=2), r"nuisances\.lookalikes must be in \[0, 1\], got 2"),
+    (dict(outfits=1.5), r"nuisances\.outfits must be an integer, got 1\.5"),
+    (dict(bursts=2), r"nuisances\.bursts is not a nuisance; valid: "),
+    ("strong", r"nuisances must be a mapping"),
+])
+def test_invalid_nuisances_name_the_key(tmp_path, value, message):
+    with pytest.raises(ValueError, match=message):
+        Synthetic(tmp_path, verbose=False, **SIZED, nuisances=value)
+    assert not (tmp_path / "synthetic").exists()

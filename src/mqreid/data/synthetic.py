@@ -38,7 +38,8 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,8 @@ log = logging.getLogger(__name__)
 _VERSION = 1  # bump whenever the rendering changes, so cached folders are not reused by mistake
 _PATTERN = re.compile(r"([-\d]+)_c(\d+)s")  # PPPP_cCsS_FFFFFF_BB.jpg -> pid PPPP, camera C (1-based, 1..99)
 _JPEG_QUALITY = 90
-_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR, _STREAM_SITE, _STREAM_COUNTS = range(7)
+(_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR, _STREAM_SITE, _STREAM_COUNTS,
+ _STREAM_SLOT, _STREAM_OUTFIT, _STREAM_TWIN, _STREAM_VISIT) = range(11)
 _JOB_IMAGES = 200  # images per job of the process pool
 _IN_PROCESS_BELOW = 1000  # smaller sets render in the calling process (workers=None)
 
@@ -117,6 +119,72 @@ class _Camera:
     view_p: np.ndarray  # [3] probabilities of front / back / side views
     background: np.ndarray  # [bh, bw, 3] scene at 2x resolution, cropped per image
     clutter: np.ndarray  # [k, 3] scene colours, reused for occluders
+
+
+@dataclass(frozen=True)
+class Nuisances:
+    """Optional nuisances beyond the camera models, as in harder data (MSMT17 against Market-1501).
+
+    The defaults add nothing and draw nothing, so a set without them is byte-identical to one rendered
+    before they existed. A visit is a run of consecutive frames of one identity on one camera.
+
+    Attributes:
+        time_slots: illuminants per camera (time of day, lights on or off): slot 0 is the camera's own,
+            each other slot changes its white balance, hue and brightness; every visit draws a slot.
+        slot_strength: size of those changes (1: gains of sigma 0.15, hue up to +-0.35 rad, brightness
+            sigma 0.3).
+        outfits: clothing modes per identity (upper garment, trousers or skirt, hat, bag, backpack); every
+            visit draws one, so an identity can look different on different cameras or days.
+        burst: longest visit, in frames: its frames share view, pose, position, background, lighting and
+            occluder (near-duplicates, as a tracker's boxes); visit lengths are drawn in 1..burst.
+        lookalikes: share of identities dressed as another identity of the same split (their body, hair,
+            skin and shoes stay their own).
+        box_jitter: factor on the per-image jitter of the person's scale, position and feet row.
+        count_spread: sigma of the log-normal weights spreading the images among identities (sets with
+            split sizes only; 0.5 without nuisances): larger values give a longer tail.
+    """
+
+    time_slots: int = 1
+    slot_strength: float = 1.0
+    outfits: int = 1
+    burst: int = 1
+    lookalikes: float = 0.0
+    box_jitter: float = 1.0
+    count_spread: float = 0.5
+
+    def tag(self) -> str:
+        """The folder-name suffix of the nuisances that differ from the defaults ('' for none)."""
+        short = {"time_slots": "ts", "slot_strength": "ss", "outfits": "of", "burst": "bu", "lookalikes": "la",
+                 "box_jitter": "bj", "count_spread": "cs"}
+        default = Nuisances()
+        return "".join(f"_{short[k]}{v!r}" for k, v in vars(self).items() if v != getattr(default, k))
+
+
+def _nuisances(value) -> Nuisances:
+    """``value`` (None, a mapping or :class:`Nuisances`) as :class:`Nuisances`; a bad key or value raises a
+    ValueError naming it."""
+    valid = sorted(vars(Nuisances()))
+    if value is None or isinstance(value, Nuisances):
+        return value or Nuisances()
+    if not isinstance(value, dict):
+        raise ValueError(f"Synthetic: nuisances must be a mapping with keys from {valid}, got {value!r}")
+    unknown = sorted(set(value) - set(valid))
+    if unknown:
+        raise ValueError(f"Synthetic: nuisances.{unknown[0]} is not a nuisance; valid: {valid}")
+    for key, v in value.items():
+        kind = type(getattr(Nuisances(), key))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
+            raise ValueError(f"Synthetic: nuisances.{key} must be {'an integer' if kind is int else 'a number'}, "
+                             f"got {v!r}")
+    n = Nuisances(**{k: type(getattr(Nuisances(), k))(v) for k, v in value.items()})
+    checks = {"time_slots": (n.time_slots >= 1, ">= 1"), "slot_strength": (n.slot_strength >= 0, ">= 0"),
+              "outfits": (n.outfits >= 1, ">= 1"), "burst": (n.burst >= 1, ">= 1"),
+              "lookalikes": (0 <= n.lookalikes <= 1, "in [0, 1]"), "box_jitter": (n.box_jitter >= 0, ">= 0"),
+              "count_spread": (n.count_spread >= 0, ">= 0")}
+    for key, (ok, expected) in checks.items():
+        if not ok:
+            raise ValueError(f"Synthetic: nuisances.{key} must be {expected}, got {getattr(n, key)!r}")
+    return n
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -239,6 +307,28 @@ def _make_camera(rng: np.random.Generator, site: np.ndarray, height: int, width:
         background=background,
         clutter=clutter,
     )
+
+
+def _slot_camera(cam: _Camera, rng: np.random.Generator, strength: float) -> _Camera:
+    """``cam`` under another illuminant: new channel gains, a hue rotation and a brightness factor
+    composed with its colour model, and a moved light gradient."""
+    gains = np.exp(rng.normal(0, 0.15 * strength, 3)) * np.exp(rng.normal(0, 0.3 * strength))
+    theta = rng.uniform(-0.35, 0.35) * strength
+    yiq = np.array([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
+    c, s = np.cos(theta), np.sin(theta)
+    rotate = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    light = np.linalg.inv(yiq) @ rotate @ yiq @ np.diag(gains)  # acts on column RGB vectors
+    return replace(cam, colour_matrix=(light.T @ cam.colour_matrix).astype(np.float32),
+                   light_dir=cam.light_dir + rng.normal(0, 0.25 * strength, 2))
+
+
+_CLOTHING = ("upper", "upper_second", "upper_pattern", "period", "upper_len", "long_sleeves", "lower",
+             "lower_kind", "lower_checks", "hat", "backpack", "bag", "logo_shape")
+
+
+def _dressed_as(ident: _Identity, other: _Identity) -> _Identity:
+    """``ident`` (body, skin, hair, shoes) in ``other``'s clothes and accessories."""
+    return replace(ident, **{k: getattr(other, k) for k in _CLOTHING})
 
 
 def _draw_person(draw: ImageDraw.ImageDraw, ident: _Identity, view: int, cx: float, feet: float, u: float,
@@ -364,16 +454,27 @@ def _draw_occluder(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, 
 
 
 def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: int, width: int,
-            occlusion: float) -> np.ndarray:
-    """Render one image: uint8 array [height, width, 3]."""
+            occlusion: float, shot: np.random.Generator | None = None, box_jitter: float = 1.0) -> np.ndarray:
+    """Render one image: uint8 array [height, width, 3].
+
+    ``shot``: when given, the draws that frame the picture (view, pose, position, mirroring, occluder,
+    background crop, lighting) come from it, and ``rng`` adds small per-frame changes and the sensor noise:
+    frames rendered with one ``shot`` are near-duplicates. Without it every draw comes from ``rng``."""
+    frame = rng
+    rng = shot or rng
     h2, w2 = 2 * height, 2 * width  # 2x supersampling for anti-aliased edges
     view = int(rng.choice(3, p=cam.view_p))
-    u = h2 * cam.scale * ident.height * np.exp(rng.normal(0, 0.04))
-    cx = w2 / 2 + rng.normal(0, 0.06) * w2
-    feet = h2 * (cam.foot + rng.normal(0, 0.015))
+    u = h2 * cam.scale * ident.height * np.exp(rng.normal(0, 0.04 * box_jitter))
+    cx = w2 / 2 + rng.normal(0, 0.06 * box_jitter) * w2
+    feet = h2 * (cam.foot + rng.normal(0, 0.015 * box_jitter))
+    phase = rng.uniform(0, 2 * np.pi)
+    if shot is not None:  # the next frame of the visit: a step further, a little displaced
+        u *= np.exp(frame.normal(0, 0.01))
+        cx += frame.normal(0, 0.01) * w2
+        phase += frame.uniform(0.3, 0.8)
     label_img = Image.new("L", (w2, h2), BG)
     draw = ImageDraw.Draw(label_img)
-    torso_top = _draw_person(draw, ident, view, cx, feet, u, rng.uniform(0, 2 * np.pi))
+    torso_top = _draw_person(draw, ident, view, cx, feet, u, phase)
     if rng.random() < 0.5:  # walking left instead of right / mirrored scene position
         label_img = label_img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         cx = w2 - cx
@@ -432,7 +533,7 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator, height: in
     if cam.blur > 0.05:
         pil = pil.filter(ImageFilter.GaussianBlur(cam.blur))
     out = np.asarray(pil, dtype=np.float32) / 255
-    out = out + rng.normal(0, cam.noise, out.shape) + rng.normal(0, cam.noise, out.shape[:2] + (1,))
+    out = out + frame.normal(0, cam.noise, out.shape) + frame.normal(0, cam.noise, out.shape[:2] + (1,))
     return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
 
 
@@ -457,13 +558,13 @@ def _plan_cameras(rng: np.random.Generator, num_cameras: int, n: int, k: int | N
 
 
 def _allocate(rng: np.random.Generator, total: int, low: np.ndarray,
-              high: int | np.ndarray | None = None) -> np.ndarray:
+              high: int | np.ndarray | None = None, spread: float = 0.5) -> np.ndarray:
     """Split ``total`` into one count per entry of ``low`` [n], with ``low <= count <= high`` (an int or [n]).
 
-    The counts above ``low`` are spread by log-normal weights (some identities are seen much more
-    often than others); what a capped entry would exceed goes to the others."""
+    The counts above ``low`` are spread by log-normal weights of sigma ``spread`` (some identities are seen
+    much more often than others); what a capped entry would exceed goes to the others."""
     counts = np.asarray(low, dtype=np.int64).copy()
-    weights = rng.lognormal(0.0, 0.5, len(counts))
+    weights = rng.lognormal(0.0, spread, len(counts))
     left = total - int(counts.sum())
     while left > 0:
         p = weights if high is None else np.where(counts < high, weights, 0.0)
@@ -476,7 +577,7 @@ def _allocate(rng: np.random.Generator, total: int, low: np.ndarray,
 
 def _plan_set(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_id: tuple[int, int],
               num_train_images: int | None, num_query: int | None, num_gallery: int | None, seed: int,
-              **_) -> list[tuple[int, list[tuple[str, int, int]]]]:
+              nuisances: Nuisances | None = None, **_) -> list[tuple[int, list[tuple[str, int, int]]]]:
     """(pid, [(split, camera, frame), ...]) of every identity, pids 1.. (train first, then test).
 
     Without split sizes every identity draws its number of images from ``images_per_id``. With them,
@@ -487,9 +588,10 @@ def _plan_set(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images
     sized = num_train_images is not None
     if sized:
         rng = _rng(seed, _STREAM_COUNTS)
-        train_n = _allocate(rng, num_train_images, np.full(num_train_ids, 4))
+        spread = (nuisances or Nuisances()).count_spread
+        train_n = _allocate(rng, num_train_images, np.full(num_train_ids, 4), spread=spread)
         test_k = _allocate(rng, num_query, np.full(num_test_ids, 2), num_cameras)
-        test_g = _allocate(rng, num_gallery, test_k)  # >= one gallery image per query camera
+        test_g = _allocate(rng, num_gallery, test_k, spread=spread)  # >= one gallery image per query camera
         train_high = np.minimum(num_cameras, train_n // 2)  # >= 2 images per camera
         train_cams = round(num_query * num_train_ids / num_test_ids)
         train_k = _allocate(rng, min(train_cams, int(train_high.sum())), np.full(num_train_ids, 2), train_high)
@@ -567,6 +669,7 @@ class Synthetic(ReIDDataset):
         noise: float = 1.0,
         occlusion: float = 0.2,
         seed: int = 0,
+        nuisances: Nuisances | dict | None = None,
         workers: int | None = None,
         verbose: bool = True,
         on_bad_image: str = "error",
@@ -577,6 +680,7 @@ class Synthetic(ReIDDataset):
                            width=width, camera_shift=float(camera_shift), noise=float(noise),
                            occlusion=float(occlusion), seed=int(seed))
         _validate(**self.params)
+        self.params["nuisances"] = _nuisances(nuisances)
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"{type(self).__name__}: workers must be None or >= 1, got {workers!r}")
         folder = Path(root) / self.name / self.folder_name(**self.params)
@@ -590,12 +694,13 @@ class Synthetic(ReIDDataset):
     def folder_name(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_id: tuple[int, int],
                     num_distractors: int, height: int, width: int, camera_shift: float, noise: float,
                     occlusion: float, seed: int, num_train_images: int | None = None, num_query: int | None = None,
-                    num_gallery: int | None = None) -> str:
+                    num_gallery: int | None = None, nuisances: Nuisances | None = None) -> str:
         """Folder name that encodes every generation parameter (and the renderer version)."""
         sizes = (f"_img{images_per_id[0]}-{images_per_id[1]}" if num_train_images is None
                  else f"_n{num_train_images}-{num_query}-{num_gallery}")
         return (f"v{_VERSION}_ids{num_train_ids}-{num_test_ids}_d{num_distractors}_cam{num_cameras}"
-                f"{sizes}_{height}x{width}_shift{camera_shift!r}_noise{noise!r}_occ{occlusion!r}_seed{seed}")
+                f"{sizes}_{height}x{width}_shift{camera_shift!r}_noise{noise!r}_occ{occlusion!r}_seed{seed}"
+                f"{(nuisances or Nuisances()).tag()}")
 
 
 class _SizedSet(Synthetic):
@@ -632,11 +737,26 @@ class SyntheticMSMT17(_SizedSet):
                     noise=0.3, occlusion=0.1)
 
 
-SYNTHETIC_SETS: dict[str, type[Synthetic]] = {cls.name: cls for cls in (Synthetic, SyntheticMarket, SyntheticMSMT17)}
+class SyntheticHard(_SizedSet):
+    """:class:`Synthetic` with the nuisances of harder data (:class:`Nuisances`), sized for a CPU: 15
+    cameras, stronger camera models, illuminants that change within a camera, two outfits per identity,
+    tracklet bursts, look-alike identities, a long tail of images per identity, more box jitter and
+    occlusion. The values below are the generator's starting point before calibration
+    (docs/benchmark-hard.md). ``dataset=synthetic_hard``, trained with the synthetic recipe."""
+
+    name = "synthetic_hard"
+    defaults = dict(num_train_ids=350, num_test_ids=300, num_cameras=15, num_train_images=7000, num_query=900,
+                    num_gallery=3600, num_distractors=500, height=128, width=64, camera_shift=0.8, noise=0.5,
+                    occlusion=0.2, nuisances=dict(time_slots=3, outfits=2, burst=4, lookalikes=0.15, box_jitter=1.5,
+                                                  count_spread=1.0))
+
+
+SYNTHETIC_SETS: dict[str, type[Synthetic]] = {cls.name: cls for cls in (Synthetic, SyntheticMarket, SyntheticMSMT17,
+                                                                         SyntheticHard)}
 
 
 def _validate(*, num_train_ids, num_test_ids, num_cameras, images_per_id, num_train_images, num_query, num_gallery,
-              num_distractors, height, width, camera_shift, noise, occlusion, seed) -> None:
+              num_distractors, height, width, camera_shift, noise, occlusion, seed, **_) -> None:
     def need(ok: bool, option: str, expected: str, value) -> None:
         if not ok:
             raise ValueError(f"Synthetic: {option} must be {expected}, got {value!r}")
@@ -684,30 +804,72 @@ def _generate_atomically(folder: Path, **params) -> None:
 class _Renderer:
     """Renders images of one set into ``out``; every process builds its own from the parameters."""
 
-    def __init__(self, out: Path, *, num_cameras, height, width, camera_shift, noise, occlusion, seed, **_) -> None:
+    def __init__(self, out: Path, *, num_train_ids, num_test_ids, num_cameras, height, width, camera_shift, noise,
+                 occlusion, seed, nuisances: Nuisances | None = None, **_) -> None:
         self.out, self.seed, self.height, self.width, self.occlusion = Path(out), seed, height, width, occlusion
-        self.num_cameras = num_cameras
+        self.num_cameras, self.num_train_ids, self.num_ids = num_cameras, num_train_ids, num_train_ids + num_test_ids
+        self.nuisances = n = nuisances or Nuisances()
         site = _scene_colours(_rng(seed, _STREAM_SITE))
-        self.cams = [_make_camera(_rng(seed, _STREAM_CAM, c), site, height, width, camera_shift, noise)
-                     for c in range(num_cameras)]
+        cams = [_make_camera(_rng(seed, _STREAM_CAM, c), site, height, width, camera_shift, noise)
+                for c in range(num_cameras)]
+        # per camera, its illuminants: slot 0 is the camera's own
+        self.slots = [[cam] + [_slot_camera(cam, _rng(seed, _STREAM_SLOT, c, t), n.slot_strength)
+                               for t in range(1, n.time_slots)] for c, cam in enumerate(cams)]
 
-    def emit(self, split: str, pid: int, ident: _Identity, cam: int, frame: int) -> None:
-        image = _render(ident, self.cams[cam], _rng(self.seed, _STREAM_IMG, pid, cam, frame), self.height,
-                        self.width, self.occlusion)
+    def emit(self, split: str, pid: int, ident: _Identity, cam: int, frame: int, slot: int = 0,
+             shot: np.random.Generator | None = None) -> None:
+        image = _render(ident, self.slots[cam][slot], _rng(self.seed, _STREAM_IMG, pid, cam, frame), self.height,
+                        self.width, self.occlusion, shot=shot, box_jitter=self.nuisances.box_jitter)
         _write_jpeg(image, self.out / split / f"{pid:04d}_c{cam + 1}s1_{frame:06d}_00.jpg")
+
+    def outfits(self, pid: int) -> list[_Identity]:
+        """The outfits of identity ``pid``: its own clothes (or a look-alike's), then ``outfits - 1`` others."""
+        n = self.nuisances
+        ident = _make_identity(_rng(self.seed, _STREAM_ID, pid))
+        if n.lookalikes > 0:
+            rng = _rng(self.seed, _STREAM_TWIN, pid)
+            first, last = (1, self.num_train_ids) if pid <= self.num_train_ids else (self.num_train_ids + 1,
+                                                                                     self.num_ids)
+            if rng.random() < n.lookalikes and last > first:
+                twin = int(rng.integers(first, last))  # another identity of the same split
+                twin += twin >= pid
+                ident = _dressed_as(ident, _make_identity(_rng(self.seed, _STREAM_ID, twin)))
+        return [ident] + [_dressed_as(ident, _make_identity(_rng(self.seed, _STREAM_OUTFIT, pid, o)))
+                          for o in range(1, n.outfits)]
+
+    def visits(self, pid: int, images: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+        """``images`` (grouped by camera) cut into visits: runs of 1..burst consecutive frames on one camera."""
+        burst = self.nuisances.burst
+        if burst == 1:
+            return [[image] for image in images]
+        out = []
+        for cam, group in groupby(images, key=lambda image: image[1]):
+            group, rng, start = list(group), _rng(self.seed, _STREAM_VISIT, pid, cam), 0
+            while start < len(group):
+                length = int(rng.integers(1, burst + 1))
+                out.append(group[start:start + length])
+                start += length
+        return out
 
     def run(self, job: tuple) -> int:
         """Render one job: ``("ids", [(pid, [(split, cam, frame), ...]), ...])`` or ``("distractors", start,
         stop)``; return the number of images written."""
         if job[0] == "ids":
+            n = self.nuisances
             for pid, images in job[1]:
-                ident = _make_identity(_rng(self.seed, _STREAM_ID, pid))
-                for split, cam, frame in images:
-                    self.emit(split, pid, ident, cam, frame)
+                outfits = self.outfits(pid)
+                for visit in self.visits(pid, images):
+                    _, cam, start = visit[0]
+                    choice = _rng(self.seed, _STREAM_VISIT, pid, cam, start, 0)  # the visit's light and clothes
+                    slot, outfit = int(choice.integers(n.time_slots)), int(choice.integers(n.outfits))
+                    for split, cam, frame in visit:
+                        shot = _rng(self.seed, _STREAM_VISIT, pid, cam, start, 1) if n.burst > 1 else None
+                        self.emit(split, pid, outfits[outfit], cam, frame, slot, shot)
             return sum(len(images) for _, images in job[1])
         for k in range(job[1], job[2]):
             rng = _rng(self.seed, _STREAM_DISTRACTOR, k)
-            self.emit("bounding_box_test", 0, _make_identity(rng), int(rng.integers(self.num_cameras)), k)
+            ident, cam = _make_identity(rng), int(rng.integers(self.num_cameras))
+            self.emit("bounding_box_test", 0, ident, cam, k, int(rng.integers(self.nuisances.time_slots)))
         return job[2] - job[1]
 
 
@@ -772,4 +934,4 @@ def _generate(out: Path, *, workers: int | None = None, progress: bool = False, 
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-__all__ = ["SYNTHETIC_SETS", "Synthetic", "SyntheticMSMT17", "SyntheticMarket"]
+__all__ = ["SYNTHETIC_SETS", "Nuisances", "Synthetic", "SyntheticHard", "SyntheticMSMT17", "SyntheticMarket"]
