@@ -7,8 +7,11 @@
 For random initialisation and for the warm start it prints the initial mAP / Rank-1 on the target's
 query/gallery, and the epoch-1 clustering of the target's training images (the trainer's own extraction,
 camera centring and clusterers) with DBSCAN at the paper's eps 0.6 and InfoMap at the paper's min_sim 0.5:
-clusters, outlier ratio and ARI against the true identities. Extra arguments are Hydra overrides, e.g.
-``dataset.camera_shift=0.5``.
+clusters, outlier ratio and ARI against the true identities; and how the first clustering follows cameras:
+clusters per true identity, the share of single-camera clusters, and the share of same-camera images among
+each image's 15 nearest neighbours (on the features the clusterer sees). Extra arguments are Hydra
+overrides, e.g. ``dataset.camera_shift=0.5`` or ``dataset=synthetic_hard`` (the calibration statistics of
+docs/benchmark-hard.md).
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from mqreid.cluster.camera import camera_centering
+from mqreid.data.base import id_arrays
 from mqreid.engine.trainer import Trainer
+from mqreid.evaluation import camera_statistics, same_camera_neighbours
 from mqreid.engine.warm_start import cache_path, packaged_path
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -44,10 +52,15 @@ def measure(start: str, overrides: list[str]) -> dict:
             row["pretrain_s"] = None if cached else round(time.perf_counter() - t0, 1)
         row.update({k: round(v, 1) for k, v in trainer.evaluate().items() if k in ("mAP", "rank1")})
         features = trainer.extract(trainer.dataset.train)
+        pids, cameras = id_arrays(trainer.dataset.train)
+        seen = camera_centering(features, torch.from_numpy(cameras)) if cfg.train.camera_centering else features
+        row["same_camera_top15"] = round(same_camera_neighbours(seen, cameras, k=15), 3)  # what clustering sees
         for name, extra in CLUSTERERS.items():
             trainer.clusterer = instantiate(compose("config", overrides=[*overrides, *extra]).clusterer)
-            stats = trainer.describe_clusters(trainer.cluster(features))
-            row[name] = {k: round(stats[k], 3) for k in ("clusters", "outlier_ratio", "ari")}
+            labels = trainer.cluster(features)
+            stats = {**trainer.describe_clusters(labels), **camera_statistics(pids, cameras, labels)}
+            row[name] = {k: round(stats[k], 3) for k in ("clusters", "outlier_ratio", "ari", "clusters_per_id",
+                                                         "single_camera_clusters")}
     return row
 
 
@@ -83,6 +96,13 @@ def main() -> None:
         cells = [f"{r[c]['clusters']} / {r[c]['outlier_ratio']:.0%} / {r[c]['ari']:.2f}" for c in CLUSTERERS]
         pre = "-" if r["start"] == "false" else ("cached" if r["pretrain_s"] is None else f"{r['pretrain_s']:.0f}")
         print(f"| {'random init' if r['start'] == 'false' else 'warm start'} | {pre} | {r['mAP']} | {r['rank1']} | "
+              + " | ".join(cells) + " |")
+    print("\n| start | same-camera share of the top 15 | " + " | ".join(
+        f"{c}: clusters per true id / single-camera clusters" for c in CLUSTERERS) + " |")
+    print("|---|---|" + "---|" * len(CLUSTERERS))
+    for r in rows:
+        cells = [f"{r[c]['clusters_per_id']:.2f} / {r[c]['single_camera_clusters']:.0%}" for c in CLUSTERERS]
+        print(f"| {'random init' if r['start'] == 'false' else 'warm start'} | {r['same_camera_top15']:.0%} | "
               + " | ".join(cells) + " |")
     print(json.dumps(rows))
 

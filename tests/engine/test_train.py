@@ -184,3 +184,18 @@ def test_the_image_cache_does_not_change_the_run(tiny_cfg, tmp_path):
     assert any(r.get("clusters", 0) >= 2 for r in res_rows(tmp_path / "true")), "the runs must train"
     assert runs["true"][0]["final"] == runs["false"][0]["final"]
     assert all(torch.equal(runs["true"][1][k], runs["false"][1][k]) for k in runs["false"][1])
+
+
+def test_a_split_over_the_cache_limit_is_read_from_files_and_the_log_says_how_much_is_missing(tiny_cfg, caplog):
+    caplog.set_level("INFO", logger="mqreid")
+    size = ("input.height=256", "input.width=128")
+    probe = Trainer(tiny_cfg(*size), tiny_cfg().run_dir)
+    train_mib = len(probe.dataset.train) * probe.image_cache.image_bytes() / 2**20
+    limit = 2  # MiB: less than the tiny set's training images at 256x128 (12 MiB), more than its query
+    assert train_mib > limit
+    trainer = Trainer(tiny_cfg(*size, f"train.cache_limit_mb={limit}"), tiny_cfg().run_dir)
+    assert not trainer.train_in_memory
+    line = next(r.getMessage() for r in caplog.records if "image cache:" in r.getMessage()
+                and "train read from files" in r.getMessage())
+    assert f"train read from files (it needs {train_mib - limit:.0f} MiB more than train.cache_limit_mb=2" in line
+    assert line.startswith("image cache: query in memory")

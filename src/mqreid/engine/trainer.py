@@ -213,19 +213,26 @@ class Trainer:
         cache = ImageCache(split_stages(self.test_transform).resize, max_bytes=train_cfg.cache_limit_mb * 2**20,
                            threads=max(1, available_cores() // env.local_world_size))
         start = time.perf_counter()
-        held = {"train": cache.add(self.dataset.train, decode=writer or not sharing)}
+        needed: dict[str, float] = {}  # MiB a split lacks, for the message
+
+        def add(split: str, items, decode: bool = True) -> bool:
+            room = cache.max_bytes - cache.nbytes
+            needed[split] = (len(items) * cache.image_bytes() - room) / 2**20
+            return cache.add(items, decode=decode)
+
+        held = {"train": add("train", self.dataset.train, decode=writer or not sharing)}
         if sharing and held["train"]:
             name = f"mqreid-cache-{zlib.crc32(str(self.run_dir).encode()):08x}-{env.rank // env.local_world_size}.u8"
             cache.share(Path(tempfile.gettempdir()) / name, writer, distributed.barrier)
         for split in ("query", "gallery"):
             items = getattr(self.dataset, split)
             n = len(items)
-            held[split] = cache.add(items[env.rank * n // env.world_size:(env.rank + 1) * n // env.world_size])
+            held[split] = add(split, items[env.rank * n // env.world_size:(env.rank + 1) * n // env.world_size])
         log.info("image cache: %s in memory (%.0f MiB per process%s, %.1f s)%s",
                  ", ".join(s for s in held if held[s]) or "nothing", cache.nbytes / 2**20,
                  "; the training images once per node" if sharing else "", time.perf_counter() - start,
-                 "".join(f"; {s} read from files (over train.cache_limit_mb={train_cfg.cache_limit_mb})"
-                         for s in held if not held[s]))
+                 "".join(f"; {s} read from files (it needs {needed[s]:.0f} MiB more than train.cache_limit_mb="
+                         f"{train_cfg.cache_limit_mb} leaves)" for s in held if not held[s]))
         return cache
 
     def _build_model(self) -> tuple[torch.nn.Module, torch.nn.Module]:
