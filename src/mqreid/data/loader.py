@@ -72,8 +72,8 @@ class ImageCache:
 
         ``decode=False`` reserves the rows without reading the files, for a process that receives the images
         from another one (:meth:`share`)."""
-        paths = list(dict.fromkeys(str(item[0]) for item in items if str(item[0]) not in self.rows))
-        if self.max_bytes is not None and self.nbytes + len(paths) * self.image_bytes() > self.max_bytes:
+        paths = self._new_paths(items)
+        if self._shortfall(paths) > 0:
             return False
         if not paths:
             return True
@@ -87,6 +87,19 @@ class ImageCache:
         self.images = torch.cat([self.images, arrays])
         self.rows.update((path, start + j) for j, path in enumerate(paths))
         return True
+
+    def shortfall(self, items: Sequence[ImageItem | tuple[str, int, int]]) -> int:
+        """Bytes by which holding the images of ``items`` not held yet would exceed ``max_bytes`` (<= 0: they
+        fit)."""
+        return self._shortfall(self._new_paths(items))
+
+    def _new_paths(self, items: Sequence[ImageItem | tuple[str, int, int]]) -> list[str]:
+        return list(dict.fromkeys(str(item[0]) for item in items if str(item[0]) not in self.rows))
+
+    def _shortfall(self, paths: list[str]) -> int:
+        if self.max_bytes is None:
+            return -1
+        return self.nbytes + len(paths) * self.image_bytes() - self.max_bytes
 
     def share(self, path: str | Path, writer: bool, barrier: Callable[[], None]) -> None:
         """Let the processes of one node hold a single copy of the images: the ``writer`` writes them to

@@ -213,12 +213,13 @@ class Trainer:
         cache = ImageCache(split_stages(self.test_transform).resize, max_bytes=train_cfg.cache_limit_mb * 2**20,
                            threads=max(1, available_cores() // env.local_world_size))
         start = time.perf_counter()
-        needed: dict[str, float] = {}  # MiB a split lacks, for the message
+        needed: dict[str, float] = {}  # MiB a split that was not held lacks, for the message
 
         def add(split: str, items, decode: bool = True) -> bool:
-            room = cache.max_bytes - cache.nbytes
-            needed[split] = (len(items) * cache.image_bytes() - room) / 2**20
-            return cache.add(items, decode=decode)
+            held = cache.add(items, decode=decode)
+            if not held:  # the cache is unchanged by a refused split
+                needed[split] = cache.shortfall(items) / 2**20
+            return held
 
         held = {"train": add("train", self.dataset.train, decode=writer or not sharing)}
         if sharing and held["train"]:
