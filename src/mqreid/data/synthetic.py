@@ -281,15 +281,23 @@ def _make_background(rng: np.random.Generator, site: np.ndarray, h: int, w: int)
     return np.clip(arr, 0, 1), colours
 
 
+_YIQ = np.array([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
+
+
+def _colour_model(gains: np.ndarray, theta: float, sat: float = 1.0) -> np.ndarray:
+    """[3, 3] matrix acting on column RGB vectors: per-channel ``gains``, then a hue rotation by ``theta``
+    radians and a saturation factor ``sat`` in YIQ space."""
+    c, s = np.cos(theta), np.sin(theta)
+    chroma = np.array([[1, 0, 0], [0, sat * c, -sat * s], [0, sat * s, sat * c]])
+    return np.linalg.inv(_YIQ) @ chroma @ _YIQ @ np.diag(gains)
+
+
 def _make_camera(rng: np.random.Generator, site: np.ndarray, height: int, width: int, shift: float,
                  noise: float) -> _Camera:
     gains = np.exp(rng.normal(0, 0.1 * shift, 3))
     sat = np.exp(rng.normal(0, 0.2 * shift))
     theta = rng.uniform(-0.3, 0.3) * shift  # hue rotation in radians
-    yiq = np.array([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
-    c, s = np.cos(theta), np.sin(theta)
-    chroma = np.array([[1, 0, 0], [0, sat * c, -sat * s], [0, sat * s, sat * c]])
-    matrix = np.linalg.inv(yiq) @ chroma @ yiq @ np.diag(gains)  # acts on column RGB vectors
+    matrix = _colour_model(gains, theta, sat)
     view_p = 0.85 * rng.dirichlet([1.0, 1.0, 1.0]) + 0.05
     background, clutter = _make_background(rng, site, int(2 * height * 1.25), int(2 * width * 3))
     return _Camera(
@@ -314,10 +322,7 @@ def _slot_camera(cam: _Camera, rng: np.random.Generator, strength: float) -> _Ca
     composed with its colour model, and a moved light gradient."""
     gains = np.exp(rng.normal(0, 0.15 * strength, 3)) * np.exp(rng.normal(0, 0.3 * strength))
     theta = rng.uniform(-0.35, 0.35) * strength
-    yiq = np.array([[.299, .587, .114], [.596, -.274, -.322], [.211, -.523, .312]])
-    c, s = np.cos(theta), np.sin(theta)
-    rotate = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
-    light = np.linalg.inv(yiq) @ rotate @ yiq @ np.diag(gains)  # acts on column RGB vectors
+    light = _colour_model(gains, theta)
     return replace(cam, colour_matrix=(light.T @ cam.colour_matrix).astype(np.float32),
                    light_dir=cam.light_dir + rng.normal(0, 0.25 * strength, 2))
 
