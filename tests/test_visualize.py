@@ -10,7 +10,7 @@ from PIL import Image
 from matplotlib.colors import to_rgba
 
 from mqreid.visualize import (CORRECT, WRONG, average_precision, cluster_gallery_figure,
-                              cluster_purity, filtered_ranking, ranked_list_figure, save_figure, select_clusters,
+                              cluster_purity, filtered_ranking, image_rows_figure, ranked_list_figure, save_figure, select_clusters,
                               select_queries)
 
 
@@ -146,3 +146,17 @@ def test_cluster_gallery_figure(tmp_path):
         cluster_gallery_figure(paths[:5], labels)
     with pytest.raises(ValueError, match="integer cluster ids"):
         cluster_gallery_figure(paths, labels.astype(float))
+
+
+def test_image_rows_figure_keeps_order_and_captions(tmp_path):
+    paths = make_images(tmp_path / "img", 5)
+    fig = image_rows_figure([("id 7: 3 images", paths[:3], ["cam 01", "cam 02", "cam 01"]),
+                             ("id 9: 2 images", paths[3:], ["cam 04", "cam 05"])], image_size=(64, 32))
+    assert [sf.texts[0].get_text() for sf in fig.subfigs] == ["id 7: 3 images", "id 9: 2 images"]
+    assert [ax.get_title() for ax in fig.subfigs[0].axes] == ["cam 01", "cam 02", "cam 01"]
+    assert [ax.get_title() for ax in fig.subfigs[1].axes] == ["cam 04", "cam 05", ""]  # the short row's spare cell
+    assert save_figure(fig, tmp_path / "rows.png").stat().st_size > 2_000
+    with pytest.raises(ValueError, match="row 'id 7' has 2 paths and 1 captions"):
+        image_rows_figure([("id 7", paths[:2], ["cam 01"])])
+    with pytest.raises(ValueError, match="no image to show"):
+        image_rows_figure([])

@@ -360,6 +360,24 @@ def cluster_gallery_figure(paths: Sequence[str | os.PathLike], labels: Any, true
     return fig
 
 
+def image_rows_figure(rows: Sequence[tuple[str, Sequence[str | os.PathLike], Sequence[str]]], *,
+                      image_size: tuple[int, int] = IMAGE_SIZE) -> Figure:
+    """Rows of images, each row ``(title, paths, captions)``, shown in the given order without frames (e.g. a
+    few identities of a dataset across its cameras: ``bench/identity_picture.py``)."""
+    if not rows or not any(len(paths) for _, paths, _ in rows):
+        raise ValueError("image_rows_figure: no image to show")
+    for title, paths, captions in rows:
+        if len(paths) != len(captions):
+            raise ValueError(f"image_rows_figure: row {title!r} has {len(paths)} paths and {len(captions)} captions")
+    thumb = _Thumbnails(image_size)
+    fig, grid = _grid_figure(len(rows), max(len(paths) for _, paths, _ in rows), thumb.size)
+    for (title, paths, captions), (sf, axes) in zip(rows, grid):
+        sf.suptitle(title, **_ROW_TITLE)
+        for path, caption, ax in zip(paths, captions, axes):
+            _show(ax, thumb(path), caption, None)
+    return fig
+
+
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: float | None = None, colors: int | None = 256) -> Path:
     """Write ``fig`` as a PNG to ``path`` (folders created) through a temporary file renamed into place.
 
