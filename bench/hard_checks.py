@@ -114,6 +114,15 @@ def wall_minutes(job: Job) -> float:
     return (end.stat().st_mtime - start.stat().st_mtime) / 60 if start.is_file() and end.is_file() else math.nan
 
 
+def span_hours(jobs: list[Job]) -> float:
+    """Hours from the first job's start (its Hydra config) to the last job's end (its results.json)."""
+    starts = [j.path / ".hydra" / "config.yaml" for j in jobs]
+    ends = [j.path / "results.json" for j in jobs]
+    if not jobs or not all(f.is_file() for f in starts + ends):
+        return math.nan
+    return (max(f.stat().st_mtime for f in ends) - min(f.stat().st_mtime for f in starts)) / 3600
+
+
 def jobs_of(set_name: str, setting: str) -> list[Job]:
     folder = RUNS / set_name / setting
     return [j for j in find_jobs(folder) if j.finished] if folder.is_dir() else []
@@ -128,13 +137,14 @@ def fmt(x: float, spec: str = "+.2f") -> str:
 
 
 def report() -> int:
-    rows, walls, n_jobs = [], [], 0
+    rows, walls, n_jobs, everything = [], [], 0, []
     print("| set | setting | n | final mAP (mean ± std) | final T (mean) | wall min/job (mean) |")
     print("|---|---|---|---|---|---|")
     for set_name in SETS:
         for setting in SETTINGS:
             jobs = jobs_of(set_name, setting)
             n_jobs += len(jobs)
+            everything += jobs
             walls += [wall_minutes(j) for j in jobs]
             s = mean_std(per_seed(jobs).values())
             t = mean_std(final_temperature(j) for j in jobs)
@@ -158,8 +168,8 @@ def report() -> int:
             print(f"| {setting} {what} ({rule}) | {set_name} | {d.n_pairs} | {fmt(d.mean)} | {fmt(d.se)} | "
                   f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}] | {published} | {agreement(setting, set_name, deltas)} |")
     total = sum(w for w in walls if math.isfinite(w))
-    print(f"\n{n_jobs} finished jobs; their wall time adds up to {total:.0f} min ({total / 60:.1f} h) of job time "
-          f"(with --lanes 2, the grid's wall-clock time is about half)")
+    print(f"\n{n_jobs} finished jobs; their wall time adds up to {total:.0f} min ({total / 60:.1f} h) of job time; "
+          f"{fmt(span_hours(everything), '.1f')} h from the first job's start to the last one's end")
     return 0
 
 
