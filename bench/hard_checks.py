@@ -165,7 +165,7 @@ def report() -> int:
             deltas[set_name] = d
             rows.append((setting, set_name, d))
         for set_name, d in deltas.items():
-            print(f"| {setting} {what} ({rule}) | {set_name} | {d.n_pairs} | {fmt(d.mean)} | {fmt(d.se, ".2f")} | "
+            print(f"| {setting} {what} ({rule}) | {set_name} | {d.n_pairs} | {fmt(d.mean)} | {fmt(d.se, '.2f')} | "
                   f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}] | {published} | {agreement(setting, set_name, deltas)} |")
     total = sum(w for w in walls if math.isfinite(w))
     print(f"\n{n_jobs} finished jobs; their wall time adds up to {total:.0f} min ({total / 60:.1f} h) of job time; "
