@@ -165,28 +165,32 @@ def report() -> int:
             deltas[set_name] = d
             rows.append((setting, set_name, d))
         for set_name, d in deltas.items():
+            t_end = mean_std(final_temperature(j) for j in jobs_of(set_name, setting)).mean
             print(f"| {setting} {what} ({rule}) | {set_name} | {d.n_pairs} | {fmt(d.mean)} | {fmt(d.se, '.2f')} | "
-                  f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}] | {published} | {agreement(setting, set_name, deltas)} |")
+                  f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}] | {published} | {agreement(setting, set_name, deltas, t_end)} |")
     total = sum(w for w in walls if math.isfinite(w))
     print(f"\n{n_jobs} finished jobs; their wall time adds up to {total:.0f} min ({total / 60:.1f} h) of job time; "
           f"{fmt(span_hours(everything), '.1f')} h from the first job's start to the last one's end")
     return 0
 
 
-def agreement(setting: str, set_name: str, deltas: dict) -> str:
-    """Whether the point estimate has the published direction ("resolved" when the CI excludes zero too)."""
+def agreement(setting: str, set_name: str, deltas: dict, t_end: float = math.nan) -> str:
+    """Whether the point estimate has the published direction, by the rules of docs/benchmark-hard.md
+    ("resolved" when the CI excludes zero too). ``t_end``: the setting's mean final T on ``set_name``."""
     d, easy = deltas[set_name], deltas["default"]
     if d.n_pairs == 0:
         return "not run"
     resolved = math.isfinite(d.ci_low) and (d.ci_low > 0 or d.ci_high < 0)
     tag = ", resolved" if resolved else ", unresolved"
-    if setting in ("H1", "H2"):
-        if set_name == "default":
-            return f"{'yes' if d.mean > 0 else 'no'} (Δ > 0){tag}"
-        ok = d.mean > 0 and (setting == "H2" or (easy.n_pairs > 0 and d.mean > easy.mean))
-        rule = "Δ > 0 and larger than on the default set" if setting == "H1" else "Δ > 0"
-        return f"{'yes' if ok else 'no'} ({rule}){tag}"
-    return f"report-only{tag}"
+    if setting not in ("H1", "H2"):
+        return f"report-only{tag}"
+    if set_name == "default":
+        return f"{'yes' if d.mean > 0 else 'no'} (Δ > 0){tag}"
+    if setting == "H1":
+        ok, rule = d.mean > 0 and easy.n_pairs > 0 and d.mean > easy.mean, "Δ > 0 and larger than on the default set"
+    else:
+        ok, rule = d.mean > 0 and t_end < T0, "Δ > 0 and T ends below 0.05"
+    return f"{'yes' if ok else 'no'} ({rule}){tag}"
 
 
 def tlr_scan(lanes: int) -> int:

@@ -58,6 +58,8 @@ def test_report_pairs_by_seed_with_each_check_signed(tmp_path, monkeypatch, caps
                 write_job(tmp_path / set_name / setting / str(seed), [f"seed={seed}", setting], 20.0 + seed + gain
                           + noise, temperature=0.04 if setting == "H2" else 0.05)
     assert hc.report() == 0
+    d_default = hc.paired_difference({"0": 1.0, "1": 2.0, "2": 3.0}, {"0": 0.0, "1": 0.0, "2": 0.0})
+    d_hard = hc.paired_difference({"0": 3.0, "1": 4.0, "2": 6.0}, {"0": 0.0, "1": 0.0, "2": 0.0})
     out = capsys.readouterr().out
     lines = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in out.splitlines() if line.startswith("| ")}
     h1_hard = lines[("H1 camera centring on vs off (held-out)", "hard")]
@@ -65,7 +67,9 @@ def test_report_pairs_by_seed_with_each_check_signed(tmp_path, monkeypatch, caps
     assert "yes (Δ > 0 and larger than on the default set), resolved" in h1_hard
     assert "yes (Δ > 0), resolved" in lines[("H1 camera centring on vs off (held-out)", "default")]
     assert "| -2.90 |" in lines[("H2 learnable vs fixed T (held-out)", "hard")]
-    assert "no (Δ > 0)" in lines[("H2 learnable vs fixed T (held-out)", "hard")]
+    assert "no (Δ > 0 and T ends below 0.05)" in lines[("H2 learnable vs fixed T (held-out)", "hard")]
+    assert hc.agreement("H2", "hard", {"default": d_default, "hard": d_hard}, t_end=0.045).startswith("yes")
+    assert hc.agreement("H2", "hard", {"default": d_default, "hard": d_hard}, t_end=0.055).startswith("no")
     assert "| -1.10 |" in lines[("R1 multi-queue vs centroid memory (report-only)", "hard")]  # multi-queue − centroid
     assert "report-only" in lines[("R2 InfoMap vs DBSCAN (report-only)", "default")]
     assert "0.0400" in lines[("hard", "H2")] and "| 3 | 21.0 ± 1.0 |" in lines[("hard", "baseline")]
