@@ -5,6 +5,7 @@
     python bench/hard_checks.py run --lanes 2            # two jobs at a time, each pinned to one core
     python bench/hard_checks.py run --only hard/baseline hard/H1
     python bench/hard_checks.py report                   # the checks table from the jobs that finished
+    python bench/hard_checks.py report --runs bench/results/checks   # from the records kept in the repository
 
 The grid is one factor at a time against a shared baseline (the synthetic recipe: DBSCAN, multi-queue, fixed
 T = 0.05, camera centring on). Each setting of each set is one ``bench/ablation.py --sweep checks`` into
@@ -226,11 +227,16 @@ def tlr_scan(lanes: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RUNS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("run", "report", "tlr-scan"))
     ap.add_argument("--lanes", type=int, default=1, help="jobs at a time, each pinned to one core when > 1")
     ap.add_argument("--only", nargs="+", metavar="SET/SETTING", help="run these cells only, e.g. hard/H1")
+    ap.add_argument("--runs", type=Path, default=RUNS,
+                    help="the grid's folder (default: bench/runs/checks; bench/results/checks holds the records of "
+                         "the jobs behind docs/benchmark-hard.md: results, metrics and Hydra configs)")
     args = ap.parse_args(argv)
+    RUNS = args.runs.resolve()
     if args.lanes < 1:
         ap.error("--lanes must be >= 1")
     if args.command == "report":
