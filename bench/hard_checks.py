@@ -110,18 +110,23 @@ def final_temperature(job: Job) -> float:
     return float(rows[-1]["temperature"]) if rows else math.nan
 
 
-def wall_minutes(job: Job) -> float:
+def job_times(job: Job) -> tuple[float, float] | None:
+    """(start, end) of a job in seconds: the mtimes of its Hydra config and of its results.json."""
     start, end = job.path / ".hydra" / "config.yaml", job.path / "results.json"
-    return (end.stat().st_mtime - start.stat().st_mtime) / 60 if start.is_file() and end.is_file() else math.nan
+    return (start.stat().st_mtime, end.stat().st_mtime) if start.is_file() and end.is_file() else None
+
+
+def wall_minutes(job: Job) -> float:
+    times = job_times(job)
+    return (times[1] - times[0]) / 60 if times else math.nan
 
 
 def span_hours(jobs: list[Job]) -> float:
-    """Hours from the first job's start (its Hydra config) to the last job's end (its results.json)."""
-    starts = [j.path / ".hydra" / "config.yaml" for j in jobs]
-    ends = [j.path / "results.json" for j in jobs]
-    if not jobs or not all(f.is_file() for f in starts + ends):
+    """Hours from the first job's start to the last job's end."""
+    times = [job_times(j) for j in jobs]
+    if not times or None in times:
         return math.nan
-    return (max(f.stat().st_mtime for f in ends) - min(f.stat().st_mtime for f in starts)) / 3600
+    return (max(end for _, end in times) - min(start for start, _ in times)) / 3600
 
 
 def jobs_of(set_name: str, setting: str) -> list[Job]:
@@ -138,20 +143,15 @@ def fmt(x: float, spec: str = "+.2f") -> str:
 
 
 def report() -> int:
-    rows, walls, n_jobs, everything = [], [], 0, []
+    cell = {(set_name, setting): jobs_of(set_name, setting) for set_name in SETS for setting in SETTINGS}
+    t_end = {key: mean_std(final_temperature(j) for j in jobs).mean for key, jobs in cell.items()}
     print("| set | setting | n | final mAP (mean ± std) | final T (mean) | wall min/job (mean) |")
     print("|---|---|---|---|---|---|")
-    for set_name in SETS:
-        for setting in SETTINGS:
-            jobs = jobs_of(set_name, setting)
-            n_jobs += len(jobs)
-            everything += jobs
-            walls += [wall_minutes(j) for j in jobs]
-            s = mean_std(per_seed(jobs).values())
-            t = mean_std(final_temperature(j) for j in jobs)
-            w = mean_std(wall_minutes(j) for j in jobs)
-            print(f"| {set_name} | {setting} | {s.count} | {fmt(s.mean, '.1f')} ± {fmt(s.std, '.1f')} | "
-                  f"{fmt(t.mean, '.4f')} | {fmt(w.mean, '.1f')} |")
+    for (set_name, setting), jobs in cell.items():
+        s = mean_std(per_seed(jobs).values())
+        w = mean_std(wall_minutes(j) for j in jobs)
+        print(f"| {set_name} | {setting} | {s.count} | {fmt(s.mean, '.1f')} ± {fmt(s.std, '.1f')} | "
+              f"{fmt(t_end[set_name, setting], '.4f')} | {fmt(w.mean, '.1f')} |")
     print()
     print("| check | set | pairs | Δ mAP (the first setting minus the second) | SE | 95% CI | published direction "
           "| agrees |")
@@ -161,17 +161,16 @@ def report() -> int:
             continue
         deltas = {}
         for set_name in ("default", "hard"):
-            base, other = per_seed(jobs_of(set_name, "baseline")), per_seed(jobs_of(set_name, setting))
-            d = paired_difference(other, base) if SIGN[setting] > 0 else paired_difference(base, other)
-            deltas[set_name] = d
-            rows.append((setting, set_name, d))
+            base, other = per_seed(cell[set_name, "baseline"]), per_seed(cell[set_name, setting])
+            deltas[set_name] = paired_difference(other, base) if SIGN[setting] > 0 else paired_difference(base, other)
         for set_name, d in deltas.items():
-            t_end = mean_std(final_temperature(j) for j in jobs_of(set_name, setting)).mean
+            verdict = agreement(setting, set_name, deltas, t_end[set_name, setting])
             print(f"| {setting} {what} ({rule}) | {set_name} | {d.n_pairs} | {fmt(d.mean)} | {fmt(d.se, '.2f')} | "
-                  f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}] | {published} | {agreement(setting, set_name, deltas, t_end)} |")
-    total = sum(w for w in walls if math.isfinite(w))
-    print(f"\n{n_jobs} finished jobs; their wall time adds up to {total:.0f} min ({total / 60:.1f} h) of job time; "
-          f"{fmt(span_hours(everything), '.1f')} h from the first job's start to the last one's end")
+                  f"[{fmt(d.ci_low)}, {fmt(d.ci_high)}] | {published} | {verdict} |")
+    everything = [j for jobs in cell.values() for j in jobs]
+    total = sum(w for w in map(wall_minutes, everything) if math.isfinite(w))
+    print(f"\n{len(everything)} finished jobs; their wall time adds up to {total:.0f} min ({total / 60:.1f} h) of job "
+          f"time; {fmt(span_hours(everything), '.1f')} h from the first job's start to the last one's end")
     return 0
 
 
@@ -220,7 +219,8 @@ def tlr_scan(lanes: int) -> int:
         t = final_t(tlr)
         print(f"| {tlr:g} | {fmt(t, '.4f')} | {fmt(abs(t - T0), '.4f')} | {'yes' if far(t) else 'no'} |")
     if chosen is None and ran:
-        chosen = max(ran, key=lambda tlr: abs(final_t(tlr) - T0) if math.isfinite(final_t(tlr)) else -1.0)
+        distance = {tlr: abs(final_t(tlr) - T0) for tlr in ran}
+        chosen = max(ran, key=lambda tlr: distance[tlr] if math.isfinite(distance[tlr]) else -1.0)
         print(f"\nno temp.tlr moves T {TRAVEL} from {T0}: the one that moves it farthest is {chosen:g}")
     print(f"\nchosen temp.tlr: {chosen:g} (the grid's H2 uses TLR = {TLR:g}, set in this script)")
     return status

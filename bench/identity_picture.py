@@ -25,21 +25,22 @@ from mqreid.visualize import image_rows_figure, save_figure
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def pick(train, ids: int, per_id: int, seed: int) -> list[int]:
-    """Indices into ``train``: ``per_id`` images of each of ``ids`` identities, one camera after another."""
+def pick(train, ids: int, per_id: int, seed: int) -> dict[int, list[int]]:
+    """Identity -> indices into ``train``: ``per_id`` images of each of ``ids`` identities, one camera after
+    another (identities in increasing order)."""
     by_id: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, item in enumerate(train):
         by_id[item.pid][item.camid].append(i)
     most = max(len(cams) for cams in by_id.values())
     wide = sorted(pid for pid, cams in by_id.items() if len(cams) >= min(most, 4))
     chosen = np.random.default_rng(seed).choice(wide, size=min(ids, len(wide)), replace=False)
-    out = []
+    out = {}
     for pid in sorted(int(p) for p in chosen):
         queues = [list(v) for _, v in sorted(by_id[pid].items())]
         row = []
         while len(row) < per_id and any(queues):
             row += [q.pop(0) for q in queues if q][:per_id - len(row)]
-        out += row
+        out[pid] = row
     return out
 
 
@@ -53,11 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     ds = instantiate(cfg.dataset, verbose=False)
-    by_pid: dict[int, list[int]] = defaultdict(list)
-    for i in pick(ds.train, args.ids, args.per_id, args.seed):
-        by_pid[ds.train[i].pid].append(i)
     rows = []
-    for pid, idx in by_pid.items():
+    for pid, idx in pick(ds.train, args.ids, args.per_id, args.seed).items():
         mine = [it for it in ds.train if it.pid == pid]
         title = f"id {pid}: {len(mine)} training images on {len({it.camid for it in mine})} cameras"
         rows.append((title, [ds.train[i].path for i in idx], [f"cam {ds.train[i].camid + 1:02d}" for i in idx]))
