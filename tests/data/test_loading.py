@@ -435,6 +435,38 @@ def test_cache_limit_and_the_per_file_path(image_items: list[ImageItem]) -> None
     assert isinstance(loader.dataset, ImageDataset)  # the files
 
 
+def test_cache_blocks_read_as_one_and_adding_never_copies_the_blocks_before(image_items: list[ImageItem]) -> None:
+    """Each add is a block of its own; a batch that spans blocks reads the same images as one cache of all."""
+    whole, parts = cache_for(image_items), cache_for(image_items[:10])
+    first = parts.blocks[0]
+    assert parts.add(image_items[10:17]) and parts.add(image_items) and len(parts.blocks) == 3
+    assert parts.blocks[0] is first and parts.nbytes == whole.nbytes and len(parts) == len(whole)
+    rows = torch.tensor([parts.rows[str(item[0])] for item in image_items[::-1]])
+    expected = whole.gather(torch.tensor([whole.rows[str(item[0])] for item in image_items[::-1]]))
+    assert torch.equal(parts.gather(rows), expected)
+
+
+def test_shared_images_stay_mapped_when_more_are_added(image_items: list[ImageItem], tmp_path: Path) -> None:
+    """share(): the reader, which reserved its rows without decoding, maps the writer's images; the query
+    and gallery blocks added afterwards leave that mapping in place (they do not copy it)."""
+    import threading
+
+    barrier = threading.Barrier(2)
+    writer, reader = cache_for(image_items[:12]), ImageCache(split_stages(build_test_transform(H, W)).resize)
+    assert reader.add(image_items[:12], decode=False)
+    target = tmp_path / "images.u8"
+    thread = threading.Thread(target=reader.share, args=(target, False, barrier.wait))
+    thread.start()
+    writer.share(target, True, barrier.wait)
+    thread.join()
+    assert not target.exists()  # the name is gone, the mappings stay
+    mapped = reader.blocks[0]
+    assert torch.equal(mapped, writer.blocks[0])
+    assert reader.add(image_items[12:]) and reader.blocks[0] is mapped
+    assert torch.equal(reader.gather(torch.arange(len(image_items))), cache_for(image_items).gather(
+        torch.arange(len(image_items))))
+
+
 def test_cache_names_an_unreadable_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")

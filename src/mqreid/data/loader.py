@@ -45,22 +45,28 @@ def same_resize(a: v2.Resize, b: v2.Resize) -> bool:
 
 
 class ImageCache:
-    """Images decoded once and resized by a transform's first step, kept in memory: uint8 [N, H, W, 3].
+    """Images decoded once and resized by a transform's first step, kept in memory: uint8 [H, W, 3] each.
 
     The resize is deterministic, so an image read from the cache and then given the rest of the transform
     (:class:`~mqreid.data.transforms.Stages`) is exactly the image the whole transform makes of the file.
     :meth:`add` takes a list of items only while the total stays within ``max_bytes``; loaders read the
-    items it does not hold from their files. The images live in one tensor: loader workers share it.
+    items it does not hold from their files. Each :meth:`add` keeps its images in a block of its own (one
+    tensor, which loader workers share) and never copies the blocks before it, so the training images that
+    :meth:`share` maps stay mapped when query and gallery are added; :meth:`gather` reads rows across blocks.
     """
 
     def __init__(self, resize: v2.Resize, max_bytes: int | None = None, threads: int = 1) -> None:
         self.resize, self.max_bytes, self.threads = resize, max_bytes, max(1, threads)
-        self.images = torch.empty(0, *resize.size, 3, dtype=torch.uint8)
+        self.blocks: list[torch.Tensor] = []  # uint8 [n_b, H, W, 3]
+        self.starts: list[int] = []  # the first row of each block
         self.rows: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     @property
     def nbytes(self) -> int:
-        return self.images.numel()
+        return sum(block.numel() for block in self.blocks)
 
     def image_bytes(self) -> int:
         """Bytes one image takes."""
@@ -77,16 +83,31 @@ class ImageCache:
             return False
         if not paths:
             return True
+        # Untouched pages of an empty tensor take no memory (decode=False costs nothing), and each image is
+        # decoded straight into its row: the peak is the block itself.
+        block = torch.empty(len(paths), *self.resize.size, 3, dtype=torch.uint8)
         if decode:
+            def put(row: int, path: str) -> None:
+                block[row].numpy()[...] = np.asarray(self.resize(read_image(path)))
+
             with ThreadPoolExecutor(self.threads) as pool:  # PIL decodes and resizes without the GIL
-                arrays = torch.from_numpy(np.stack(list(pool.map(lambda p: np.asarray(self.resize(read_image(p))),
-                                                                 paths))))
-        else:  # untouched pages of an empty tensor take no memory
-            arrays = torch.empty(len(paths), *self.resize.size, 3, dtype=torch.uint8)
-        start = len(self.images)
-        self.images = torch.cat([self.images, arrays])
+                list(pool.map(put, range(len(paths)), paths))
+        start = len(self)  # a file that fails to decode has raised above and left the cache as it was
+        self.blocks.append(block)
+        self.starts.append(start)
         self.rows.update((path, start + j) for j, path in enumerate(paths))
         return True
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """The images of cache rows ``rows`` (long [B]): uint8 [B, H, W, 3]."""
+        if len(self.blocks) == 1:
+            return self.blocks[0][rows]
+        which = torch.searchsorted(torch.tensor(self.starts), rows, right=True) - 1
+        out = torch.empty(len(rows), *self.resize.size, 3, dtype=torch.uint8)
+        for b in which.unique().tolist():
+            take = which == b
+            out[take] = self.blocks[b][rows[take] - self.starts[b]]
+        return out
 
     def shortfall(self, items: Sequence[ImageItem | tuple[str, int, int]]) -> int:
         """Bytes by which holding the images of ``items`` not held yet would exceed ``max_bytes`` (<= 0: they
@@ -102,18 +123,22 @@ class ImageCache:
         return self.nbytes + len(paths) * self.image_bytes() - self.max_bytes
 
     def share(self, path: str | Path, writer: bool, barrier: Callable[[], None]) -> None:
-        """Let the processes of one node hold a single copy of the images: the ``writer`` writes them to
-        ``path`` (node-local), every process maps the file (``torch.from_file(shared=True)``: the pages are
-        the page cache's, shared), and the writer removes the name (the mappings stay valid). Every process
-        must have made the same :meth:`add` calls (the others with ``decode=False``) and call this together."""
+        """Let the processes of one node hold a single copy of the images held so far: the ``writer`` writes
+        them to ``path`` (node-local), every process maps the file (``torch.from_file(shared=True)``: the
+        pages are the page cache's, shared) as one block, and the writer removes the name (the mappings stay
+        valid). Every process must have made the same :meth:`add` calls (the others with ``decode=False``)
+        and call this together; blocks added later are each process's own."""
         path = Path(path)
         if writer:
             tmp = path.with_name(f".{path.name}.tmp")
-            self.images.numpy().tofile(tmp)
+            with open(tmp, "wb") as f:
+                for block in self.blocks:
+                    block.numpy().tofile(f)
             tmp.replace(path)
         barrier()
-        shape = self.images.shape
-        self.images = torch.from_file(str(path), shared=True, size=self.images.numel(), dtype=torch.uint8).view(shape)
+        if self.blocks:
+            mapped = torch.from_file(str(path), shared=True, size=self.nbytes, dtype=torch.uint8)
+            self.blocks, self.starts = [mapped.view(len(self), *self.resize.size, 3)], [0]
         barrier()
         if writer:
             path.unlink(missing_ok=True)
@@ -199,7 +224,7 @@ class CachedBatches(Dataset):
 
     def __getitem__(self, batch: Sequence[int | tuple[int, int]]):
         positions = torch.tensor([entry[0] if isinstance(entry, tuple) else entry for entry in batch])
-        images = self.cache.images[self.rows[positions]].permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
+        images = self.cache.gather(self.rows[positions]).permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
         boxes = []
         if self.random:
             images, boxes = self._augment(images, batch)
