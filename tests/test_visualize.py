@@ -158,5 +158,10 @@ def test_image_rows_figure_keeps_order_and_captions(tmp_path):
     assert save_figure(fig, tmp_path / "rows.png").stat().st_size > 2_000
     with pytest.raises(ValueError, match="row 'id 7' has 2 paths and 1 captions"):
         image_rows_figure([("id 7", paths[:2], ["cam 01"])])
+    with pytest.raises(ValueError, match="row 'id 7' has 2 paths and 2 captions and 1 borders"):
+        image_rows_figure([("id 7", paths[:2], ["cam 01", "cam 02"], ["red"])])
+    framed = image_rows_figure([("id 7", paths[:2], ["a", "b"], [None, "red"])], cols=4)
+    assert len(framed.subfigs[0].axes) == 4
+    assert framed.subfigs[0].axes[1].spines["top"].get_edgecolor() == to_rgba("red")
     with pytest.raises(ValueError, match="no image to show"):
         image_rows_figure([])

@@ -345,36 +345,35 @@ def cluster_gallery_figure(paths: Sequence[str | os.PathLike], labels: Any, true
         rows.append((f"outliers: {len(outliers)} images ({len(outliers) / len(labels):.0%})", outliers, None))
     if not rows:
         raise ValueError("cluster_gallery_figure: no image to show (labels is empty)")
-    thumb = _Thumbnails(image_size)
-    fig, grid = _grid_figure(len(rows), per_cluster, thumb.size)
-    for (title, members, majority), (sf, axes) in zip(rows, grid):
-        sf.suptitle(title, **_ROW_TITLE)
+    shown_rows = []
+    for title, members, majority in rows:
         shown = np.sort(rng.choice(members, size=per_cluster, replace=False)) if len(members) > per_cluster \
             else members
-        for i, ax in zip(shown, axes):
-            if true is None:
-                _show(ax, thumb(paths[i]), f"#{i}", None)
-            else:
-                border = NEUTRAL if majority is None else (CORRECT if true[i] == majority else WRONG)
-                _show(ax, thumb(paths[i]), f"id {true[i]}", border)
-    return fig
+        if true is None:
+            shown_rows.append((title, [paths[i] for i in shown], [f"#{i}" for i in shown]))
+        else:
+            borders = [NEUTRAL if majority is None else (CORRECT if true[i] == majority else WRONG) for i in shown]
+            shown_rows.append((title, [paths[i] for i in shown], [f"id {true[i]}" for i in shown], borders))
+    return image_rows_figure(shown_rows, cols=per_cluster, image_size=image_size)
 
 
-def image_rows_figure(rows: Sequence[tuple[str, Sequence[str | os.PathLike], Sequence[str]]], *,
+def image_rows_figure(rows: Sequence[tuple], *, cols: int | None = None,
                       image_size: tuple[int, int] = IMAGE_SIZE) -> Figure:
-    """Rows of images, each row ``(title, paths, captions)``, shown in the given order without frames (e.g. a
-    few identities of a dataset across its cameras: ``bench/identity_picture.py``)."""
-    if not rows or not any(len(paths) for _, paths, _ in rows):
+    """Rows of images in the given order, each row ``(title, paths, captions)`` or ``(title, paths, captions,
+    borders)`` with a frame colour (or None) per image (e.g. a few identities of a dataset across its cameras:
+    ``bench/identity_picture.py``). ``cols``: images per row (default the longest row's)."""
+    if not rows or not any(len(row[1]) for row in rows):
         raise ValueError("image_rows_figure: no image to show")
-    for title, paths, captions in rows:
-        if len(paths) != len(captions):
-            raise ValueError(f"image_rows_figure: row {title!r} has {len(paths)} paths and {len(captions)} captions")
+    for title, paths, captions, *borders in rows:
+        if len(paths) != len(captions) or any(len(b) != len(paths) for b in borders):
+            raise ValueError(f"image_rows_figure: row {title!r} has {len(paths)} paths and {len(captions)} captions"
+                             + "".join(f" and {len(b)} borders" for b in borders))
     thumb = _Thumbnails(image_size)
-    fig, grid = _grid_figure(len(rows), max(len(paths) for _, paths, _ in rows), thumb.size)
-    for (title, paths, captions), (sf, axes) in zip(rows, grid):
+    fig, grid = _grid_figure(len(rows), cols or max(len(row[1]) for row in rows), thumb.size)
+    for (title, paths, captions, *borders), (sf, axes) in zip(rows, grid):
         sf.suptitle(title, **_ROW_TITLE)
-        for path, caption, ax in zip(paths, captions, axes):
-            _show(ax, thumb(path), caption, None)
+        for path, caption, border, ax in zip(paths, captions, borders[0] if borders else [None] * len(paths), axes):
+            _show(ax, thumb(path), caption, border)
     return fig
 
 
