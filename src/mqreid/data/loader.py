@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -100,9 +101,11 @@ class ImageCache:
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """The images of cache rows ``rows`` (long [B]): uint8 [B, H, W, 3]."""
-        if len(self.blocks) == 1:
-            return self.blocks[0][rows]
-        which = torch.searchsorted(torch.tensor(self.starts), rows, right=True) - 1
+        if len(rows):  # a batch of one split (the usual case): its block indexed once, as one tensor would be
+            first = bisect_right(self.starts, int(rows.min())) - 1
+            if self.starts[first] + len(self.blocks[first]) > int(rows.max()):
+                return self.blocks[first][rows - self.starts[first]]
+        which = torch.searchsorted(torch.tensor(self.starts, dtype=torch.long), rows, right=True) - 1
         out = torch.empty(len(rows), *self.resize.size, 3, dtype=torch.uint8)
         for b in which.unique().tolist():
             take = which == b
