@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mqreid.engine.atomic import write_atomic
+from mqreid.utils.atomic import write_atomic
 
 __all__ = ["average_precision", "cluster_gallery_figure", "cluster_purity", "filtered_ranking",
            "ranked_list_figure", "save_figure", "select_clusters", "select_queries"]

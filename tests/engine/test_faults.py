@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mqreid.engine import atomic
+from mqreid.utils import atomic
 from mqreid.engine.checkpoint import load_checkpoint
 from mqreid.engine.trainer import Trainer
 from mqreid.engine.validate import ConfigError, config_problems, validate_config

@@ -131,7 +131,7 @@ def test_checkpoint_format_versions(tmp_path):
 
 
 def test_json_writer_is_atomic_and_strict(tmp_path, monkeypatch):
-    from mqreid.engine import atomic
+    from mqreid.utils import atomic
     from mqreid.engine import checkpoint
 
     path = tmp_path / "results.json"

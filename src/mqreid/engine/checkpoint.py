@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from mqreid.engine.atomic import write_atomic
+from mqreid.utils.atomic import write_atomic
 
 FORMAT_VERSION = 2
 CHECKPOINT_KEYS = ("model", "epoch", "config")
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (see :func:`mqreid.engine.atomic.write_atomic`)."""
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`mqreid.utils.atomic.write_atomic`)."""
     write_atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mqreid.engine.atomic import write_atomic
+from mqreid.utils.atomic import write_atomic
 from mqreid.data.base import id_arrays
 from mqreid.data.loader import build_train_loader
 from mqreid.data.synthetic import Synthetic

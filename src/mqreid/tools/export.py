@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqreid.engine.atomic import atomic_path
+from mqreid.utils.atomic import atomic_path
 from mqreid.inference import ReIDModel
 
 __all__ = ["EXPORTERS", "export_onnx", "onnx_max_abs_diff", "main"]

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from mqreid.engine.atomic import atomic_path
+from mqreid.utils.atomic import atomic_path
 
 METRICS = ("mAP", "rank1", "rank5", "rank10")
 NAMES = {"mAP": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10"}
