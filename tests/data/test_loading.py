@@ -374,6 +374,27 @@ def test_stages_cut_only_the_transforms_built_here() -> None:
     assert test.per_sample is None and test.erasing is None
     assert split_stages(lambda image: image) is None
     assert split_stages(v2.Compose([v2.ToImage(), v2.Resize((H, W))])) is None
+    unscaled = build_test_transform(H, W)
+    unscaled.transforms[2] = v2.ToDtype(torch.float32, scale=False)  # not what finish_batch computes
+    assert split_stages(unscaled) is None
+
+
+def test_finish_batch_is_torchvision_bit_for_bit_with_constants_kept() -> None:
+    """The device-side conversion, normalisation and erasing equal torchvision's per-image steps exactly, and
+    the constants are made once per device (a CUDA copy from a Python list waits on the host)."""
+    from mqreid.data.loader import device_constants, finish_batch
+
+    stages = split_stages(build_train_transform(H, W, erasing_p=1.0))
+    images = torch.randint(0, 256, (5, 3, H, W), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[1, 2, 5, 4], [-1, -1, -1, -1], [0, 0, H - 1, W - 1], [3, 3, 1, 1], [-1, -1, -1, -1]])
+    expected = []
+    for image, box in zip(images, boxes.tolist()):
+        out = stages.to_tensor(image).as_subclass(torch.Tensor)
+        expected.append(stages.erasing.erase(out, None if box[0] < 0 else tuple(box)))
+    got = finish_batch(images, boxes, stages)
+    assert got.dtype == torch.float32 and torch.equal(got, torch.stack(expected))
+    first = device_constants(stages, torch.device("cpu"))
+    assert all(a is b for a, b in zip(first, device_constants(stages, torch.device("cpu"))))
 
 
 @pytest.mark.parametrize("epoch", [0, 1, 4])
@@ -465,6 +486,23 @@ def test_shared_images_stay_mapped_when_more_are_added(image_items: list[ImageIt
     assert reader.add(image_items[12:]) and reader.blocks[0] is mapped
     assert torch.equal(reader.gather(torch.arange(len(image_items))), cache_for(image_items).gather(
         torch.arange(len(image_items))))
+
+
+def test_reserved_rows_take_no_memory_in_deterministic_mode() -> None:
+    """add(decode=False) reserves rows for images another process decodes: even under
+    torch.use_deterministic_algorithms, which fills every torch.empty, the untouched block commits no memory."""
+    import resource
+
+    cache = ImageCache(split_stages(build_test_transform(256, 128)).resize)
+    items = [(f"/nowhere/{i}.jpg", 0, 0) for i in range(8000)]  # 8000 x 96 KiB = 750 MiB if committed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert cache.add(items, decode=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert cache.nbytes == 8000 * 256 * 128 * 3 and grown_mib < 100, grown_mib
 
 
 def test_cache_names_an_unreadable_file(tmp_path: Path) -> None:

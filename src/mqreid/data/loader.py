@@ -84,9 +84,11 @@ class ImageCache:
             return False
         if not paths:
             return True
-        # Untouched pages of an empty tensor take no memory (decode=False costs nothing), and each image is
-        # decoded straight into its row: the peak is the block itself.
-        block = torch.empty(len(paths), *self.resize.size, 3, dtype=torch.uint8)
+        # Untouched pages of an empty array take no memory (decode=False costs nothing), and each image is
+        # decoded straight into its row: the peak is the block itself. numpy allocates it: under
+        # torch.use_deterministic_algorithms (train.deterministic) torch.empty fills every new tensor, which
+        # would commit the whole block in each process that only maps the shared copy (ImageCache.share).
+        block = torch.from_numpy(np.empty((len(paths), *self.resize.size, 3), dtype=np.uint8))
         if decode:
             def put(row: int, path: str) -> None:
                 block[row].numpy()[...] = np.asarray(self.resize(read_image(path)))
@@ -154,19 +156,43 @@ class ImageCache:
         return stages if all(str(item[0]) in self.rows for item in items) else None
 
 
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+
+
+def device_constants(stages: Stages, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The normalisation's mean and std ([3, 1, 1]) and the erasing value ([1, 3, 1, 1] or None) of ``stages``
+    as float32 tensors on ``device``, made once per device and kept.
+
+    torchvision's ``Normalize`` builds its mean and std on the image's device at every call, and a CUDA tensor
+    made from a Python list is a pageable copy that waits on the host; a cached batch would pay that twice per
+    step (three times with erasing)."""
+    normalize = stages.to_tensor.transforms[1]
+    value = tuple(stages.erasing.value.tolist()) if stages.erasing is not None else None
+    key = (tuple(normalize.mean), tuple(normalize.std), value, torch.device(device))
+    if key not in _CONSTANTS:
+        def make(numbers, shape):
+            return torch.tensor(numbers, dtype=torch.float32).view(shape).to(device)
+
+        _CONSTANTS[key] = (make(normalize.mean, (-1, 1, 1)), make(normalize.std, (-1, 1, 1)),
+                           make(value, (1, -1, 1, 1)) if value is not None else None)
+    return _CONSTANTS[key]
+
+
 def finish_batch(images: torch.Tensor, boxes: torch.Tensor | None, stages: Stages) -> torch.Tensor:
     """The last steps of a cached batch, on the device ``images`` is on: uint8 [B, 3, H, W] -> conversion and
     normalisation, then random erasing of each image's box (``boxes`` [B, 4] = top, left, h, w; a row of -1:
-    none). The values are those of the per-image transform."""
-    images = stages.to_tensor(images.contiguous()).as_subclass(torch.Tensor)
-    if stages.erasing is None or boxes is None or boxes.numel() == 0:
+    none). The values are those of the per-image transform, bit for bit: the arithmetic of torchvision's
+    ``ToDtype(float32, scale=True)`` and ``Normalize``, with their constants kept on the device
+    (:func:`device_constants`), so the step never waits on the host here."""
+    mean, std, value = device_constants(stages, images.device)
+    images = images.contiguous().to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+    if value is None or boxes is None or boxes.numel() == 0:
         return images
     top, left, h, w = (boxes[:, j].view(-1, 1, 1) for j in range(4))
     height, width = images.shape[-2:]
     ys = torch.arange(height, device=images.device).view(1, -1, 1)
     xs = torch.arange(width, device=images.device).view(1, 1, -1)
     inside = (ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w) & (h > 0)  # [B, H, W]
-    value = stages.erasing.value.to(images)[None, :, None, None]
     return torch.where(inside.unsqueeze(1), value, images)
 
 

@@ -145,8 +145,9 @@ class Stages:
     ``per_sample`` holds the random steps on the uint8 tensor after ``ToImage`` (flip, pad + crop, colour
     jitter; None if there are none), and ``batched`` the same steps for a whole batch with per-image draws
     (None when one of them cannot be batched: then run ``per_sample`` image by image);
-    ``to_tensor`` (ToDtype, Normalize) works element by element, so it gives the same values on a stacked
-    batch as on each image; ``erasing`` (or None) draws per image with :meth:`RandomErasing.draw`.
+    ``to_tensor`` (ToDtype to float32 with scaling, Normalize) works element by element, so it gives the same
+    values on a stacked batch as on each image (:func:`~mqreid.data.loader.finish_batch` computes it on the
+    device); ``erasing`` (or None) draws per image with :meth:`RandomErasing.draw`.
     Run in this order with the same draws, the stages compute exactly what the whole transform does.
     """
 
@@ -167,6 +168,8 @@ def split_stages(transform) -> Stages | None:
     tail = steps[k + 2:]
     if kinds[k:k + 2] != [v2.ToDtype, v2.Normalize] or len(tail) > 1 or \
             (tail and not isinstance(tail[0], RandomErasing)):
+        return None
+    if steps[k].dtype != torch.float32 or not steps[k].scale:  # what finish_batch computes on the device
         return None
     random = steps[2:k]
     batched = BatchAugment(random) if random and all(type(s) in BATCHED_STEPS for s in random) else None
