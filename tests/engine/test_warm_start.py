@@ -46,6 +46,20 @@ def test_pretraining_learns_keeps_the_global_rng_and_loads_as_a_trunk(tmp_path):
         build_model("small_cnn", pretrained="synthetic")
 
 
+def test_pretraining_never_calls_nll_loss(tmp_path, monkeypatch):
+    """train.deterministic=true on CUDA refuses nll_loss (F.cross_entropy's kernel), and the trainer turns that
+    mode on before it trains a missing warm start: the pretraining uses the memory's deterministic loss."""
+    import torch.nn.functional as F
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("nll_loss does not have a deterministic implementation on CUDA")
+
+    monkeypatch.setattr(F, "nll_loss", refused)
+    monkeypatch.setattr(F, "cross_entropy", refused)
+    state = warm_start.pretrain(SMALL, 32, 16, tmp_path, source=TINY_SOURCE, progress=False)
+    assert state and all(torch.isfinite(v.float()).all() for v in state.values() if v.is_floating_point())
+
+
 def test_resnet_trunks_are_saved_under_torchvision_names(tmp_path):
     trunk, channels = build_trunk("resnet18")
     state = warm_start._trunk_state(EmbeddingNet(trunk, channels), "resnet18")

@@ -36,6 +36,7 @@ from mqreid.data.base import id_arrays
 from mqreid.data.loader import build_train_loader
 from mqreid.data.synthetic import Synthetic
 from mqreid.data.transforms import build_train_transform
+from mqreid.memory.base import cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,9 @@ def pretrain(backbone: DictConfig, height: int, width: int, data_root: str | Pat
                                           disable=not progress):
             features = model(images.to(device))
             logits = source.scale * features @ F.normalize(classes, dim=1).T
-            loss = F.cross_entropy(logits, targets.to(device))
+            # the memory's cross-entropy: F.cross_entropy's value, and deterministic CUDA (train.deterministic)
+            # accepts its kernels, which it refuses for nll_loss
+            loss = cross_entropy(logits, targets.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,8 +1,8 @@
 """Cluster memories (multi-queue, centroid) and temperatures."""
 
-from .base import ClusterMemory
+from .base import ClusterMemory, cross_entropy
 from .centroid import CentroidMemory
 from .multi_queue import MultiQueueMemory
 from .temperature import FixedTemperature, LearnableTemperature
 
-__all__ = ["ClusterMemory", "CentroidMemory", "MultiQueueMemory", "FixedTemperature", "LearnableTemperature"]
+__all__ = ["ClusterMemory", "cross_entropy", "CentroidMemory", "MultiQueueMemory", "FixedTemperature", "LearnableTemperature"]

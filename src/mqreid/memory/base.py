@@ -132,7 +132,11 @@ class ClusterMemory(nn.Module):
         """Cross-entropy of ``features @ proxies.T / temperature`` against ``labels``; features [B, D]."""
         self._check(features, labels)
         logits = F.normalize(features, dim=1) @ self.proxies().to(features.dtype).t()
-        # cross-entropy as log-softmax + gather: the same value as F.cross_entropy, and a backward pass
-        # (scatter-add) with a deterministic CUDA kernel, which nll_loss's is not documented to have
-        log_p = F.log_softmax(logits / temperature, dim=1)
-        return -log_p.gather(1, labels.unsqueeze(1)).mean()
+        return cross_entropy(logits / temperature, labels)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` [B, C] against ``labels`` [B], as log-softmax + gather: the value of
+    ``F.cross_entropy``, with kernels that ``torch.use_deterministic_algorithms`` accepts on CUDA (it refuses
+    ``nll_loss``, which ``F.cross_entropy`` calls). Every loss of a deterministic run goes through it."""
+    return -F.log_softmax(logits, dim=1).gather(1, labels.unsqueeze(1)).mean()
