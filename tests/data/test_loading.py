@@ -274,6 +274,19 @@ def test_samplers_slice_global_batches_per_rank() -> None:
         assert rebuilt == whole  # indices and per-sample keys
 
 
+@pytest.mark.parametrize("cls", [RandomMultipleGallerySampler, CameraRoundRobinSampler])
+def test_max_per_cluster_bounds_every_global_batch_on_every_rank(cls) -> None:
+    """The centroid memory's pass count: the largest count of one identity in a global batch of the epoch, the
+    same whatever the rank and world size (not a per-rank maximum times the processes)."""
+    pids = np.repeat(np.arange(6), 5)
+    cams = np.tile(np.arange(5), 6)
+    one = cls(pids, cams, batch_size=12, num_instances=4, iters=6, seed=1)
+    counts = [np.bincount(pids[batch]).max() for batch in one.global_batches()]
+    assert one.max_per_cluster() == max(counts) >= 4
+    assert all(cls(pids, cams, 12, 4, 6, seed=1, rank=r, world_size=3).max_per_cluster() == max(counts)
+               for r in range(3))
+
+
 # ----------------------------------------------------------------------------- loaders
 
 @pytest.fixture
@@ -295,6 +308,7 @@ def test_train_loader_iterations_and_pseudo_labels(image_items: list[ImageItem])
                                 num_instances=2, iters=5, seed=0, sampler="camera_round_robin")
     batches = list(loader)
     assert len(loader) == len(batches) == 5
+    assert loader.max_per_cluster == max(int(torch.bincount(pids).max()) for _, pids, _, _ in batches)
     for images, pids, camids, indices in batches:
         assert images.shape == (8, 3, H, W) and images.dtype == torch.float32
         assert torch.equal(pids, torch.as_tensor(labels[indices.numpy()]))  # pseudo labels, not true pids

@@ -206,8 +206,11 @@ class DeviceBatches:
     ``device`` and the rest as the loader gave them.
     """
 
-    def __init__(self, loader: DataLoader, device: torch.device | str = "cpu", stages: Stages | None = None) -> None:
+    def __init__(self, loader: DataLoader, device: torch.device | str = "cpu", stages: Stages | None = None,
+                 max_per_cluster: int | None = None) -> None:
         self.loader, self.device, self.stages = loader, torch.device(device), stages
+        # a training loader's bound on the images of one pseudo identity in a global batch (sampler's)
+        self.max_per_cluster = max_per_cluster
 
     @property
     def dataset(self) -> Dataset:
@@ -350,7 +353,8 @@ def build_train_loader(
         labels: [N] pseudo label of each item (-1 = outlier, left out).
         batch_size: global batch size; each rank's batches hold batch_size // world_size images.
 
-    Batches are ``(images [B/W, 3, H, W], pseudo labels [B/W], camids [B/W], indices into items [B/W])``.
+    Batches are ``(images [B/W, 3, H, W], pseudo labels [B/W], camids [B/W], indices into items [B/W])``; the
+    loader's ``max_per_cluster`` is the sampler's bound on one label's images in a global batch of the epoch.
     ``sampler`` names one of :data:`~mqreid.data.sampler.SAMPLERS`; the random stream is that of
     (``seed``, ``epoch``). Each sample's augmentation is seeded from (seed, epoch, its
     position in the global stream), so batches and augmentations do not depend on ``world_size`` or
@@ -374,12 +378,13 @@ def build_train_loader(
         seed=seed, rank=rank, world_size=world_size,
     )
     index_sampler.set_epoch(epoch)
+    bound = index_sampler.max_per_cluster()
     stages = cache.holds(kept, transform) if cache is not None else None
     if stages is not None:
         return DeviceBatches(DataLoader(CachedBatches(cache, kept, stages, keep.tolist(), finish=False),
                                         batch_size=None,
                                         sampler=BatchSampler(index_sampler, batch_size // world_size, drop_last=True),
-                                        num_workers=num_workers, pin_memory=pin_memory), device, stages)
+                                        num_workers=num_workers, pin_memory=pin_memory), device, stages, bound)
     dataset = ImageDataset(kept, transform, indices=keep.tolist())
     return DeviceBatches(DataLoader(
         dataset,
@@ -388,7 +393,7 @@ def build_train_loader(
         drop_last=True,
         num_workers=num_workers,
         pin_memory=pin_memory,
-    ), device)
+    ), device, max_per_cluster=bound)
 
 
 def build_test_loader(

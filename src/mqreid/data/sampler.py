@@ -84,6 +84,14 @@ class _GlobalBatchSampler(torch.utils.data.Sampler):
         """The ``iters`` global batches of this epoch, each [batch_size] item indices."""
         raise NotImplementedError
 
+    def max_per_cluster(self) -> int:
+        """The most images one identity has in any global batch of this epoch, computed on the host from the
+        epoch's stream (the same on every rank). The centroid memory's update makes one pass per position
+        within a cluster over the whole global batch: this bounds the passes without reading the device, and
+        without multiplying a per-rank maximum by the number of processes."""
+        return max(int(np.bincount(np.unique(self.pid_array[batch], return_inverse=True)[1]).max())
+                   for batch in self.global_batches())
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         per_rank = self.batch_size // self.world_size
         start = self.rank * per_rank

@@ -387,11 +387,14 @@ class Trainer:
         num_clusters = self.memory.num_clusters
         show = self.is_main and self.cfg.progress
         bar = tqdm(loader, total=train_cfg.iters, desc=f"train {epoch + 1}", leave=False, disable=not show)
+        # a bound of any cluster's images in a global batch, for the memory update: the sampler's, computed once
+        # on the host for the epoch (a loader without one: this batch's, times the processes)
+        epoch_bound = getattr(loader, "max_per_cluster", None)
         for images, targets, _, _ in bar:
             if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_clusters):  # host tensor
                 raise ValueError(f"epoch {epoch + 1}: a batch holds pseudo labels outside [0, {num_clusters - 1}]")
-            # a bound of any cluster's samples in the global batch, for the memory update, read on the host
-            max_per_cluster = int(torch.bincount(targets).max()) * self.env.world_size if targets.numel() else 0
+            max_per_cluster = epoch_bound if epoch_bound is not None else \
+                (int(torch.bincount(targets).max()) * self.env.world_size if targets.numel() else 0)
             targets = targets.to(self.device, non_blocking=True)
             if self.on_cuda and train_cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
