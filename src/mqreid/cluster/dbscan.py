@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from sklearn.cluster import DBSCAN
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from mqreid.cluster.camera_jaccard import K1_INTER, K1_INTRA, K2_FIRST, K2_INTER, K2_INTRA, check_camera_params
 from mqreid.cluster.jaccard import format_steps, jaccard_distance, jaccard_distance_with_steps
 from mqreid.cluster.knn import check_params
 from mqreid.cluster.labels import cluster_summary
@@ -58,28 +59,60 @@ class DBSCANClusterer:
         k1, k2: Jaccard reciprocal-set and query-expansion sizes (original ``--k1 30 --k2 6``).
         knn: kNN backend, ``"auto"``, ``"torch"``, ``"faiss"`` or ``"approx"`` (see
             :mod:`mqreid.cluster.knn`).
+        camera_aware: cluster the camera-aware Jaccard distance (CA-Jaccard, see
+            :mod:`mqreid.cluster.camera_jaccard`); :meth:`fit` then needs the camera of each row, and
+            ``k1``/``k2`` give way to ``k1_intra``, ``k1_inter``, ``k2_intra``, ``k2_inter``.
+        k2_intra_first, k2_inter_first: the query expansion of the first clustering (``fit(...,
+            first=True)``; the authors use 3 + 3 at epoch 0), ``None``: the same as later ones.
 
     After :meth:`fit` (features) or :meth:`fit_graph` (a precomputed Jaccard graph from
     :func:`mqreid.cluster.jaccard_distance`), ``labels_`` [N] int64 holds 0..C-1, -1 = outlier,
     and ``graph_`` the Jaccard graph used (after :meth:`fit`, only its pairs within ``eps``).
     """
 
-    def __init__(self, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6, knn: str = "auto"):
+    def __init__(self, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6, knn: str = "auto",
+                 camera_aware: bool = False, k1_intra: int = K1_INTRA, k1_inter: int = K1_INTER,
+                 k2_intra: int = K2_INTRA, k2_inter: int = K2_INTER, k2_intra_first: int | None = K2_FIRST,
+                 k2_inter_first: int | None = K2_FIRST):
         self.eps = eps
         self.min_samples = min_samples
         self.k1 = k1
         self.k2 = k2
         self.knn = knn
+        self.camera_aware = camera_aware
+        self.k1_intra, self.k1_inter = k1_intra, k1_inter
+        self.k2_intra, self.k2_inter = k2_intra, k2_inter
+        self.k2_intra_first, self.k2_inter_first = k2_intra_first, k2_inter_first
 
     def _validate(self) -> None:
         _check_eps(self.eps)
         check_params(self, ("min_samples", "k1", "k2"))
+        if not isinstance(self.camera_aware, bool):
+            raise ValueError(f"camera_aware={self.camera_aware}: expected true or false")
+        check_camera_params(k1_intra=self.k1_intra, k1_inter=self.k1_inter, k2_intra=self.k2_intra,
+                            k2_inter=self.k2_inter, k2_intra_first=self.k2_intra_first,
+                            k2_inter_first=self.k2_inter_first)
 
-    def fit(self, features) -> DBSCANClusterer:
-        """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""
+    def camera_params(self, first: bool = False) -> dict[str, int]:
+        """The CA-Jaccard settings of a clustering (``first``: the first one's query expansion)."""
+        k2 = (self.k2_intra, self.k2_inter)
+        if first and (self.k2_intra_first, self.k2_inter_first) != (None, None):
+            k2 = (self.k2_intra if self.k2_intra_first is None else self.k2_intra_first,
+                  self.k2_inter if self.k2_inter_first is None else self.k2_inter_first)
+        return dict(k1_intra=self.k1_intra, k1_inter=self.k1_inter, k2_intra=k2[0], k2_inter=k2[1])
+
+    def fit(self, features, cameras=None, first: bool = False) -> DBSCANClusterer:
+        """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA). With ``camera_aware``,
+        ``cameras`` [N] (integer camera ids) is required and ``first`` marks the run's first clustering;
+        otherwise both are ignored."""
         self._validate()
         start = time.perf_counter()
-        graph, steps = jaccard_distance_with_steps(features, self.k1, self.k2, self.knn, self.eps)
+        if self.camera_aware and cameras is None:
+            raise ValueError("camera_aware=true: expected camera ids (fit(features, cameras)); set "
+                             "camera_aware=false for data without them")
+        cameras = cameras if self.camera_aware else None
+        graph, steps = jaccard_distance_with_steps(features, self.k1, self.k2, self.knn, self.eps, cameras,
+                                                   self.camera_params(first))
         return self._fit(graph, start, steps)
 
     def fit_graph(self, graph: sp.spmatrix) -> DBSCANClusterer:
@@ -98,12 +131,15 @@ class DBSCANClusterer:
                  time.perf_counter() - start)
         return self
 
-    def fit_predict(self, features, y=None) -> np.ndarray:
-        """Labels [N] int64 of ``features`` [N, D]: 0..C-1, -1 = outlier."""
-        return self.fit(features).labels_
+    def fit_predict(self, features, y=None, cameras=None, first: bool = False) -> np.ndarray:
+        """Labels [N] int64 of ``features`` [N, D]: 0..C-1, -1 = outlier (``cameras``, ``first``: see
+        :meth:`fit`)."""
+        return self.fit(features, cameras, first).labels_
 
-    def sweep_eps(self, features_or_graph, eps_values: Sequence[float], true_labels=None) -> list[dict]:
-        """DBSCAN for several ``eps`` on one Jaccard graph (computed once from features).
+    def sweep_eps(self, features_or_graph, eps_values: Sequence[float], true_labels=None,
+                  cameras=None) -> list[dict]:
+        """DBSCAN for several ``eps`` on one Jaccard graph (computed once from features; camera-aware with
+        ``camera_aware`` and ``cameras``).
 
         Returns one dict per eps: ``eps``, ``num_clusters``, ``outlier_ratio``, ``labels``, and with
         ``true_labels`` [N] also ``ari`` and ``nmi`` (outliers count as one extra group).
@@ -112,7 +148,10 @@ class DBSCANClusterer:
         if sp.issparse(features_or_graph):
             graph = _check_graph(features_or_graph)
         else:
-            graph = jaccard_distance(features_or_graph, self.k1, self.k2, knn=self.knn)
+            if self.camera_aware and cameras is None:
+                raise ValueError("camera_aware=true: expected camera ids (sweep_eps(..., cameras=...))")
+            graph = jaccard_distance(features_or_graph, self.k1, self.k2, knn=self.knn,
+                                     cameras=cameras if self.camera_aware else None, **self.camera_params())
         return dbscan_eps_sweep(graph, eps_values, self.min_samples, true_labels)
 
 

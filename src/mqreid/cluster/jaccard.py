@@ -335,8 +335,11 @@ def jaccard_distance_with_steps(
     k2: int,
     knn: str,
     max_distance: float | None,
+    cameras: np.ndarray | torch.Tensor | None = None,
+    camera_params: dict[str, int] | None = None,
 ) -> tuple[sp.csr_matrix, list[tuple[str, float, str]]]:
-    """:func:`jaccard_distance` and its steps: [(name, seconds, device type)]."""
+    """:func:`jaccard_distance` and its steps: [(name, seconds, device type)]. With ``cameras`` [N], the
+    camera-aware distance with ``camera_params`` (``k1_intra``, ``k1_inter``, ``k2_intra``, ``k2_inter``)."""
     for name, value in (("k1", k1), ("k2", k2)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name}: expected a positive integer, got {value!r}")
@@ -346,14 +349,20 @@ def jaccard_distance_with_steps(
                              device_type(features))
     x = as_unit_features(features, keep_half=choice.backend == "approx")
     n = x.shape[0]
-    sims, rank = knn_search(x, min(k1, n), backend=choice, as_tensors=True)
-    _sync(x.device)
-    steps = [("kNN", time.perf_counter() - start, choice.device)]
-    t0 = time.perf_counter()
-    with torch.no_grad(), single_threaded_on_host(x.device):
-        v = _to_scipy(_encode(x, torch.as_tensor(rank).to(x.device), torch.as_tensor(sims).to(x.device), k1, k2, None))
-    steps.append(("encoding", time.perf_counter() - t0, x.device.type))
-    del sims, rank
+    if cameras is not None:  # CA-Jaccard: rankings per camera, no half-k1 expansion (k1 and k2 unused)
+        from mqreid.cluster.camera_jaccard import camera_aware_v  # it builds on this module's steps
+
+        v, steps = camera_aware_v(x, cameras, choice, **(camera_params or {}))
+    else:
+        sims, rank = knn_search(x, min(k1, n), backend=choice, as_tensors=True)
+        _sync(x.device)
+        steps = [("kNN", time.perf_counter() - start, choice.device)]
+        t0 = time.perf_counter()
+        with torch.no_grad(), single_threaded_on_host(x.device):
+            v = _to_scipy(_encode(x, torch.as_tensor(rank).to(x.device), torch.as_tensor(sims).to(x.device), k1, k2,
+                                  None))
+        steps.append(("encoding", time.perf_counter() - t0, x.device.type))
+        del sims, rank
     t0 = time.perf_counter()
     limit = np.float32(1.0) if max_distance is None else np.float32(max_distance)
 
@@ -385,8 +394,20 @@ def jaccard_distance(
     *,
     knn: str = "auto",
     max_distance: float | None = None,
+    cameras: np.ndarray | torch.Tensor | None = None,
+    k1_intra: int = 5,
+    k1_inter: int = 20,
+    k2_intra: int = 2,
+    k2_inter: int = 4,
 ) -> sp.csr_matrix:
     """Sparse k-reciprocal Jaccard distance of ``features`` [N, D] (CPU or CUDA, numpy or torch).
+
+    With ``cameras`` [N] (integer camera ids) it is the camera-aware distance (CA-Jaccard, see
+    :mod:`mqreid.cluster.camera_jaccard`): k-reciprocal neighbours within the same camera (``k1_intra``)
+    and across the other cameras (``k1_inter``), their union encoded without the half-``k1`` expansion,
+    and a query expansion over ``k2_intra`` same-camera rows (the point itself included) and ``k2_inter``
+    other-camera rows; ``k1`` and ``k2`` are then unused. The defaults are the authors' published
+    commands. Without ``cameras`` the result does not depend on the camera settings.
 
     Returns a float32 ``scipy.sparse.csr_matrix`` [N, N] with an explicit entry for every pair
     whose distance is below 1 (absent entries mean 1) and an explicit 0 on the diagonal (a point is
@@ -400,8 +421,10 @@ def jaccard_distance(
     The kNN and the encoding run on the features' device, the overlaps on the CPU; the log line
     gives each step's time and device.
     """
-    graph, steps = jaccard_distance_with_steps(features, k1, k2, knn, max_distance)
+    params = dict(k1_intra=k1_intra, k1_inter=k1_inter, k2_intra=k2_intra, k2_inter=k2_inter)
+    graph, steps = jaccard_distance_with_steps(features, k1, k2, knn, max_distance, cameras, params)
     n = graph.shape[0]
-    log.info("Jaccard distance: N=%d, %d stored pairs (%.1f per row); %s; total %.2f s", n, graph.nnz,
+    log.info("%sJaccard distance: N=%d, %d stored pairs (%.1f per row); %s; total %.2f s",
+             "" if cameras is None else "Camera-aware ", n, graph.nnz,
              graph.nnz / n, format_steps(steps), sum(s for _, s, _ in steps))
     return graph
