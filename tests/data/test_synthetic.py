@@ -11,10 +11,11 @@ import pytest
 from omegaconf import ListConfig
 from PIL import Image
 
-from mqreid.data import DatasetError, build_dataset, synthetic
+from mqreid.data import DatasetError, build_dataset
 from mqreid.data.layout import parse_folder
 from mqreid.data.market1501 import Market1501
 from mqreid.data.synthetic import Nuisances, Synthetic, SyntheticHard, SyntheticMarket, SyntheticMSMT17
+from mqreid.data.synthetic import builder, person, plan, rand, render
 
 TINY = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_id=(4, 6), num_distractors=2,
             height=32, width=16, seed=3)
@@ -97,7 +98,7 @@ def test_existing_folder_is_reused(tiny, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated an existing dataset")
 
-    monkeypatch.setattr(synthetic, "_generate", fail)
+    monkeypatch.setattr(builder, "_generate", fail)
     again = Synthetic(folder.parent.parent, verbose=False, **TINY)
     assert again.root == tiny.root and again.train == tiny.train
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
@@ -105,7 +106,7 @@ def test_existing_folder_is_reused(tiny, monkeypatch):
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = []
-    real_write = synthetic._write_jpeg
+    real_write = render._write_jpeg
 
     def write_then_fail(image, path):
         calls.append(path)
@@ -113,18 +114,18 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         real_write(image, path)
 
-    monkeypatch.setattr(synthetic, "_write_jpeg", write_then_fail)
+    monkeypatch.setattr(render, "_write_jpeg", write_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         Synthetic(tmp_path, verbose=False, **TINY)
     assert list((tmp_path / "synthetic").iterdir()) == []  # neither the final nor the temporary folder
-    monkeypatch.setattr(synthetic, "_write_jpeg", real_write)
+    monkeypatch.setattr(render, "_write_jpeg", real_write)
     assert Synthetic(tmp_path, verbose=False, **TINY).train
 
 
 def test_plan_covers_at_least_two_cameras_with_two_images_each():
     for seed in range(200):
         rng = np.random.default_rng(seed)
-        cams = synthetic._plan_identity(rng, num_cameras=6, images_per_id=(4, 20))
+        cams = plan._plan_identity(rng, num_cameras=6, images_per_id=(4, 20))
         counts = Counter(cams)
         assert 4 <= len(cams) <= 20
         assert len(counts) >= 2 and min(counts.values()) >= 2
@@ -184,7 +185,7 @@ def test_two_digit_cameras_parse_and_real_market_names_still_do(tmp_path):
              "0000_c15s1_000004_00.jpg": (0, 14)}
     for name in names:
         (tmp_path / name).write_bytes(b"")
-    items = parse_folder(tmp_path, synthetic._PATTERN, layout_hint="test", skip_pids=())
+    items = parse_folder(tmp_path, builder._PATTERN, layout_hint="test", skip_pids=())
     assert {Path(it.path).name: (it.pid, it.camid) for it in items} == names
     m = Market1501.pattern.search("0002_c1s1_000451_03.jpg")  # the real release's names: one-digit cameras
     assert (int(m.group(1)), int(m.group(2))) == (2, 1)
@@ -227,12 +228,12 @@ def test_allocate_respects_the_bounds_and_the_total():
     for seed in range(50):
         rng = np.random.default_rng(seed)
         low = rng.integers(0, 4, 30)
-        counts = synthetic._allocate(rng, int(low.sum()) + 70, low, 6)
+        counts = plan._allocate(rng, int(low.sum()) + 70, low, 6)
         assert counts.sum() == low.sum() + 70 and (counts >= low).all() and (counts <= 6).all()
 
 
 def test_files_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "_JOB_IMAGES", 6)  # several jobs of identities and of distractors
+    monkeypatch.setattr(builder, "_JOB_IMAGES", 6)  # several jobs of identities and of distractors
     one = Synthetic(tmp_path / "one", verbose=False, workers=1, **SIZED)
     two = Synthetic(tmp_path / "two", verbose=False, workers=2, **SIZED)
     files = files_of(Path(one.root))
@@ -247,7 +248,7 @@ def test_a_failing_worker_leaves_nothing(tmp_path, monkeypatch):
     def fail(image, path):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "_write_jpeg", fail)  # inherited by the worker processes
+    monkeypatch.setattr(render, "_write_jpeg", fail)  # inherited by the worker processes
     with pytest.raises(RuntimeError, match="disk full"):
         Synthetic(tmp_path, verbose=False, workers=2, **SIZED)
     assert list((tmp_path / "synthetic").iterdir()) == []
@@ -334,7 +335,7 @@ def test_no_nuisances_is_the_plain_generator(tmp_path):
 
 
 def test_hard_sets_are_deterministic_named_by_their_nuisances_and_worker_independent(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "_JOB_IMAGES", 6)
+    monkeypatch.setattr(builder, "_JOB_IMAGES", 6)
     one = Synthetic(tmp_path / "one", verbose=False, workers=1, **HARD)
     two = Synthetic(tmp_path / "two", verbose=False, workers=2, **HARD)
     assert Path(one.root).name.endswith("_ts3_of2_bu4_la0.5_bj1.5_cs1.0")
@@ -350,9 +351,9 @@ def test_burst_frames_are_near_duplicates(tmp_path):
     """Frames of one visit differ far less than two images of one identity from different visits."""
     ds = Synthetic(tmp_path, verbose=False, **{**SIZED, "height": 64, "width": 32,
                                                "nuisances": dict(burst=8)})
-    renderer = synthetic._Renderer(tmp_path, **ds.params)
+    renderer = render._Renderer(tmp_path, **ds.params)
     within, across = [], []
-    for pid, images in synthetic._plan_set(**ds.params)[:SIZED["num_train_ids"]]:
+    for pid, images in plan._plan_set(**ds.params)[:SIZED["num_train_ids"]]:
         visits = [v for v in renderer.visits(pid, images) if len(v) >= 2]
         pixels = {f: np.asarray(Image.open(Path(ds.root) / s / f"{pid:04d}_c{c + 1}s1_{f:06d}_00.jpg"), np.float32)
                   for s, c, f in images}
@@ -365,9 +366,9 @@ def test_burst_frames_are_near_duplicates(tmp_path):
 
 def test_outfits_and_lookalikes_change_clothes_only(tmp_path):
     params = dict(SIZED, camera_shift=1.0, noise=1.0, occlusion=0.2, nuisances=Nuisances(outfits=3, lookalikes=1.0))
-    renderer = synthetic._Renderer(tmp_path, **params)
+    renderer = render._Renderer(tmp_path, **params)
     for pid in range(1, SIZED["num_train_ids"] + SIZED["num_test_ids"] + 1):
-        own = synthetic._make_identity(synthetic._rng(SIZED["seed"], synthetic._STREAM_ID, pid))
+        own = person._make_identity(rand._rng(SIZED["seed"], rand._STREAM_ID, pid))
         outfits = renderer.outfits(pid)
         assert len(outfits) == 3
         for outfit in outfits:
