@@ -30,7 +30,7 @@ def test_every_bad_setting_is_listed_at_once():
                           "train.cache_images=maybe", "train.cache_limit_mb=-1"])
     problems = "\n".join(config_problems(cfg))
     for expected in ("train.iters=abc: expected an integer >= 1", "seed=-1: expected an integer >= 0",
-                     "train.batch_size=0", "eval.every=0", "clusterer: eps", "train.sampler=bogus",
+                     "train.batch_size=0", "eval.every=0", "clusterer.eps=-1: expected a float in (0, 1)", "train.sampler=bogus",
                      "input.flip_p=2", "optim.optimizer.lr=-1: expected a number > 0", "temp.tlr=-1: expected a number >= 0",
                      "memory.queue_sz is not a setting of mqreid.memory.MultiQueueMemory",
                      "train.cache_images=maybe: expected true or false", "train.cache_limit_mb=-1: expected an"):
@@ -78,7 +78,8 @@ def test_deterministic_mode_names_pooling_without_a_deterministic_cuda_backward(
     cfg = compose_config(["train.deterministic=true", "backbone.pooling=avg"])
     assert deterministic_problems(cfg, torch.device("cpu")) == []  # CPU kernels are deterministic
     (problem,) = deterministic_problems(cfg, torch.device("cuda"))
-    assert problem.startswith("backbone.pooling=avg: adaptive average pooling has no deterministic CUDA backward")
+    assert problem.startswith("backbone.pooling=avg: expected gem (the default) with train.deterministic=true on CUDA: "
+                              "adaptive average pooling has no deterministic CUDA backward")
     assert deterministic_problems(compose_config(["train.deterministic=true"]), torch.device("cuda")) == []
 
 

@@ -15,6 +15,7 @@ from mqreid.cluster.camera_jaccard import K1_INTER, K1_INTRA, K2_FIRST, K2_INTER
 from mqreid.cluster.jaccard import format_steps, jaccard_distance, jaccard_distance_with_steps
 from mqreid.cluster.knn import check_params
 from mqreid.cluster.labels import cluster_summary
+from mqreid.utils.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 def _check_eps(eps: float) -> float:
     # absent graph entries mean distance 1, so only eps < 1 gives the dense matrix's neighbourhoods
     if not isinstance(eps, (int, float, np.floating)) or not 0 < eps < 1:
-        raise ValueError(f"eps: expected a float in (0, 1) for a Jaccard graph, got {eps!r}")
+        raise SettingError("eps", eps, "a float in (0, 1) for a Jaccard graph")
     return float(eps)
 
 

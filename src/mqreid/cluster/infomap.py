@@ -12,6 +12,7 @@ import numpy as np
 from mqreid.cluster.jaccard import format_steps
 from mqreid.cluster.knn import check_params, device_type, knn_search, resolve_backend
 from mqreid.cluster.labels import cluster_summary, relabel_contiguous
+from mqreid.utils.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ class InfomapClusterer:
     def _validate(self) -> None:
         check_params(self, ("k", "min_cluster_size"))
         if not isinstance(self.min_sim, (int, float, np.floating)) or not -1 <= self.min_sim <= 1:
-            raise ValueError(f"min_sim: expected a cosine similarity in [-1, 1], got {self.min_sim!r}")
+            raise SettingError("min_sim", self.min_sim, "a cosine similarity in [-1, 1]")
         if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
+            raise SettingError("seed", self.seed, "an integer >= 0")
 
     def fit(self, features) -> InfomapClusterer:
         """Cluster ``features`` [N, D] (L2-normalised; torch or numpy, CPU or CUDA)."""

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from mqreid.cluster.knn import as_unit_features, device_type, knn_search, resolve_backend, single_threaded_on_host
+from mqreid.utils.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ def jaccard_distance_with_steps(
     camera-aware distance with ``camera_params`` (``k1_intra``, ``k1_inter``, ``k2_intra``, ``k2_inter``)."""
     for name, value in (("k1", k1), ("k2", k2)):
         if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            raise SettingError(name, value, "an integer >= 1")
     start = time.perf_counter()
     shape = tuple(getattr(features, "shape", ()))
     choice = resolve_backend(knn, shape[0] if shape else 0, shape[1] if len(shape) == 2 else 0,

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from scipy.special import ndtr
 
+from mqreid.utils.errors import SettingError
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "faiss", "torch", "approx"]
@@ -174,9 +176,9 @@ def check_params(owner: object, positive_ints: tuple[str, ...]) -> None:
     for name in positive_ints:
         value = getattr(owner, name)
         if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            raise SettingError(name, value, "an integer >= 1")
     if owner.knn not in BACKENDS:
-        raise ValueError(f"knn: expected one of {BACKENDS}, got {owner.knn!r}")
+        raise SettingError("knn", owner.knn, f"one of {', '.join(BACKENDS)}")
 
 
 def choose_backend(backend: str, n: int, dim: int, device: str = "cpu", faiss: FaissSupport = "cpu") -> KnnChoice:

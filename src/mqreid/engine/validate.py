@@ -9,11 +9,12 @@ so the rules live in one place and the messages are the constructors' own.
 
 from __future__ import annotations
 
+import csv
 import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from hydra.experimental.callback import Callback
@@ -21,9 +22,10 @@ from hydra.utils import get_method, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from mqreid.data.sampler import SAMPLERS
-from mqreid.data.transforms import build_train_transform
+from mqreid.data.transforms import build_train_transform, normalization
 from mqreid.evaluation import METRICS
 from mqreid.models.precision import PRECISIONS
+from mqreid.utils.errors import SettingError, setting_problem, typed
 
 
 class ConfigError(ValueError):
@@ -56,6 +58,10 @@ def boolean(v: Any) -> bool:
 
 def workers(v: Any) -> bool:
     return v == "auto" or non_negative_int(v)
+
+
+def _triple(v: Any) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 3 and all(_is_number(x) for x in v)
 
 
 def devices(v: Any) -> bool:
@@ -99,16 +105,19 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("eval.k2", positive_int, "an integer >= 1"),
     ("eval.lambda_value", probability, "a number in [0, 1]"),
     ("optim.optimizer.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+    ("input.mean", lambda v: _triple(v), "three numbers, the RGB means subtracted (ImageNet's [0.485, 0.456, 0.406] "
+                                         "or [0.5, 0.5, 0.5])"),
+    ("input.std", lambda v: _triple(v) and all(x > 0 for x in v), "three numbers > 0, the RGB standard deviations"),
 ]
 
 
-def typed(value: Any) -> str:
-    """A value as it is typed on the command line (``true``, ``null``, ``abc``, ``0.5``)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    return str(value) if str(value) else "''"
+# Settings checked only where the chosen option has them (another optimiser or schedule may not).
+OPTIONAL_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("optim.optimizer.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("optim.optimizer.momentum", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    ("optim.scheduler.step_size", positive_int, "an integer >= 1 (epochs between learning-rate steps)"),
+    ("optim.scheduler.gamma", lambda v: _is_number(v) and v > 0, "a number > 0"),
+]
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
@@ -129,7 +138,44 @@ def _signature_problems(node: DictConfig, group: str, extra: dict[str, Any]) -> 
             for k in keys if k not in params]
 
 
-def _component_problems(cfg: DictConfig) -> list[str]:
+def _type_problems(node: DictConfig, group: str) -> list[str]:
+    """Settings of a ``_target_`` node whose value is not of the kind of the constructor's default (a number
+    where the default is a number, true/false where it is a bool). Found here, before the constructor
+    compares a string with a bound and fails with a TypeError that names no setting."""
+    params = inspect.signature(get_method(node._target_)).parameters
+    problems = []
+    for key in (k for k in node if not str(k).startswith("_") and k in params):
+        default, value = params[key].default, node[key]
+        annotation = str(params[key].annotation)  # "float | None", "<class 'float'>", ... (may be empty)
+        if isinstance(default, bool):
+            ok, expected = boolean(value), "true or false"
+        elif isinstance(default, int) and "float" not in annotation:  # torch's Adam: weight_decay: float = 0
+            ok, expected = _is_int(value), "an integer"
+        elif isinstance(default, (int, float)):
+            ok, expected = _is_number(value), "a number"
+        elif default is None and "float" in annotation:
+            ok, expected = value is None or _is_number(value), "a number or null"
+        else:
+            continue
+        if not ok:
+            problems.append(setting_problem(f"{group}.{key}", value, expected))
+    return problems
+
+
+def component_problem(group: str, err: BaseException) -> str:
+    """A component's error as one line of the start-up check. A :class:`SettingError` (a clusterer's
+    ``eps``) gets the group's prefix (``clusterer.eps=-1: expected ...``); a message that already names a
+    setting of the group is kept; anything else is shown after the group's name."""
+    err = err.__cause__ or err  # instantiate wraps the constructor's error
+    if isinstance(err, SettingError):
+        name = err.name if err.name.startswith(f"{group}.") else f"{group}.{err.name}"
+        return setting_problem(name, err.value, err.expected)
+    message = str(err)
+    return message if message.startswith(f"{group}.") else f"{group}: {message}"
+
+
+def _component_problems(cfg: DictConfig, optim_reported: bool = False) -> list[str]:
+    """Build each component once; ``optim_reported``: an optim setting is already reported by a rule."""
     problems: list[str] = []
 
     def build(group: str, make: Callable[[], Any]) -> None:
@@ -141,11 +187,14 @@ def _component_problems(cfg: DictConfig) -> list[str]:
         if unknown:
             problems.extend(unknown)
             return
+        wrong_kind = _type_problems(node, group)
+        if wrong_kind:
+            problems.extend(wrong_kind)
+            return
         try:
             make()
         except Exception as err:  # the component's own message names the setting
-            message = str(err.__cause__ or err)  # instantiate wraps the constructor's error
-            problems.append(message if message.startswith(f"{group}.") else f"{group}: {message}")
+            problems.append(component_problem(group, err))
 
     def clusterer() -> None:
         instance = instantiate(cfg.clusterer)
@@ -155,8 +204,16 @@ def _component_problems(cfg: DictConfig) -> list[str]:
     build("clusterer", clusterer)
     build("memory", lambda: instantiate(cfg.memory)(num_features=2, num_clusters=2, seed=0))
     build("temp", lambda: instantiate(cfg.temp))
+    if cfg.get("camera"):  # camera=none is an empty node
+        build("camera", lambda: instantiate(cfg.camera)(num_features=2))
     dummy = torch.nn.Parameter(torch.zeros(1))
     optim_cfg = cfg.get("optim", {})
+    if optim_reported:
+        return problems
+    wrong_kind = [p for part in ("optimizer", "scheduler") if optim_cfg.get(part) is not None
+                  for p in _type_problems(optim_cfg[part], f"optim.{part}")]
+    if wrong_kind:
+        return problems + wrong_kind
     try:
         optimizer = instantiate(optim_cfg.optimizer)([dummy])
         instantiate(optim_cfg.scheduler)(optimizer)
@@ -199,7 +256,12 @@ def batch_layout_problems(train_cfg: DictConfig, world_size: int = 1) -> list[st
 
 
 # Backbone settings whose backward pass has no deterministic CUDA kernel (torch raises on the first backward
-# under torch.use_deterministic_algorithms): checked at start-up instead.
+# under torch.use_deterministic_algorithms): checked at start-up instead. The other ops of the paths that
+# train.deterministic enables were read against torch's list of refused ops (torch.use_deterministic_algorithms):
+# every loss, the warm start's included, is mqreid.memory.cross_entropy (log-softmax + gather; nll_loss is
+# refused); GeM is avg_pool2d (not adaptive); ResNet's stem max-pools in 2-d (only 3-d is refused); the memories'
+# updates use index_copy_, index_add_, scatter_reduce with amin (only prod is refused) and bincount without
+# weights, none of them differentiated; nothing interpolates, pads by reflection or uses histc/median/kthvalue.
 NONDETERMINISTIC_ON_CUDA = {
     ("backbone.pooling", "avg"): "adaptive average pooling",
     ("backbone.pooling", "max"): "adaptive max pooling",
@@ -210,9 +272,21 @@ def deterministic_problems(cfg: DictConfig, device: torch.device) -> list[str]:
     """Settings that cannot run with ``train.deterministic=true`` on ``device``, named."""
     if not cfg.train.get("deterministic") or torch.device(device).type != "cuda":
         return []
-    return [f"{key}={value}: {what} has no deterministic CUDA backward; with train.deterministic=true use "
-            f"{key}=gem (the default), or set train.deterministic=false"
+    return [setting_problem(key, value, f"gem (the default) with train.deterministic=true on CUDA: {what} has no "
+                                        "deterministic CUDA backward; or set train.deterministic=false")
             for (key, value), what in NONDETERMINISTIC_ON_CUDA.items() if _value(cfg, key) == value]
+
+
+def backbone_problems(cfg: DictConfig) -> list[str]:
+    """What a ViT backbone's settings break, found without building it (ResNets are checked when built): the
+    input size against the patch size (named by input.height / input.width), hw_ratio, drop_path, the file."""
+    node = cfg.get("backbone")
+    if node is None or node.get("_target_") != "mqreid.models.build_vit":
+        return []
+    from mqreid.models.vit import settings_problems
+
+    unknown = _signature_problems(node, "backbone", {})
+    return unknown or settings_problems(**{str(k): node[k] for k in node if not str(k).startswith("_")})
 
 
 def config_problems(cfg: DictConfig) -> list[str]:
@@ -221,7 +295,11 @@ def config_problems(cfg: DictConfig) -> list[str]:
     for key, ok, expected in RULES:
         value = _value(cfg, key)
         if not ok(value):
-            problems.append(f"{key}={typed(value)}: expected {expected}")
+            problems.append(setting_problem(key, value, expected))
+    for key, ok, expected in OPTIONAL_RULES:
+        value = _value(cfg, key)
+        if value != "<missing>" and not ok(value):
+            problems.append(setting_problem(key, value, expected))
     bad = {p.split("=")[0] for p in problems}
     if not bad & {"train.batch_size", "train.num_instances", "train.bn_group", "train.sync_bn"}:
         problems += batch_layout_problems(cfg.train)
@@ -232,11 +310,53 @@ def config_problems(cfg: DictConfig) -> list[str]:
         try:
             inp = cfg.input
             build_train_transform(inp.height, inp.width, flip_p=inp.flip_p, pad=inp.pad, erasing_p=inp.erasing_p,
-                                  color_jitter=inp.color_jitter)
+                                  color_jitter=inp.color_jitter, **normalization(inp))
         except Exception as err:
             problems.append(f"input: {err}")
-    problems += _component_problems(cfg)
+    problems += backbone_problems(cfg)
+    problems += _component_problems(cfg, optim_reported=any(p.startswith("optim.") for p in problems))
+    problems += camera_id_problems(cfg)
     return problems
+
+
+def camera_settings(cfg: DictConfig) -> list[str]:
+    """The settings of ``cfg`` that use the training images' camera ids, as typed on the command line, each
+    with the value that turns it off."""
+    found = []
+    if _value(cfg, "clusterer.camera_aware") is True:
+        found.append(("clusterer.camera_aware=true", "clusterer.camera_aware=false"))
+    if cfg.get("camera"):
+        found.append(("camera=proxies", "camera=none"))
+    if _value(cfg, "train.camera_centering") is True:
+        found.append(("train.camera_centering=true", "train.camera_centering=false"))
+    return found
+
+
+def missing_camera_ids(cfg: DictConfig) -> str | None:
+    """Why the configured dataset has no camera ids, known before it is loaded (a custom CSV without the
+    ``camid`` column: its header is read), or None. A file that cannot be read is left to the loader's
+    message."""
+    csv_name, root = _value(cfg, "dataset.csv"), _value(cfg, "dataset.root")
+    if _value(cfg, "dataset.name") != "custom" or csv_name in (None, "<missing>") or root == "<missing>":
+        return None
+    try:
+        csv_file = Path(str(csv_name)).expanduser()
+        csv_file = csv_file if csv_file.is_absolute() else Path(to_absolute_path(str(root))).expanduser() / csv_file
+        with csv_file.open(newline="", encoding="utf-8-sig") as f:
+            header = {name.strip() for name in next(csv.reader(f), [])}
+    except (OSError, ValueError):
+        return None
+    return None if "camid" in header else f"dataset.csv={csv_name} has no camid column"
+
+
+def camera_id_problems(cfg: DictConfig, reason: str | None = None) -> list[str]:
+    """One line per setting that needs camera ids when the dataset has none (``reason``: why; by default
+    :func:`missing_camera_ids`)."""
+    reason = reason or missing_camera_ids(cfg)
+    if not reason:
+        return []
+    return [f"{setting}: expected a dataset with camera ids, but {reason}; add them (the CSV's camid column) "
+            f"or set {off}" for setting, off in camera_settings(cfg)]
 
 
 def validate_config(cfg: DictConfig) -> None:

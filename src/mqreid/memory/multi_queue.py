@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mqreid.utils.errors import setting_problem
+
 from .base import ClusterMemory
 
 INITS = ("centroid", "centroid_normalized", "members")
@@ -31,11 +33,11 @@ class MultiQueueMemory(ClusterMemory):
                  proxy: str = "random", seed: int = 0) -> None:
         super().__init__(num_features, num_clusters, seed)
         if queue_size < 1:
-            raise ValueError(f"memory.queue_size={queue_size}: expected an integer >= 1")
+            raise ValueError(setting_problem("memory.queue_size", queue_size, "an integer >= 1"))
         if init not in INITS:
-            raise ValueError(f"memory.init={init}: expected one of {', '.join(INITS)}")
+            raise ValueError(setting_problem("memory.init", init, f"one of {', '.join(INITS)}"))
         if proxy not in PROXIES:
-            raise ValueError(f"memory.proxy={proxy}: expected one of {', '.join(PROXIES)}")
+            raise ValueError(setting_problem("memory.proxy", proxy, f"one of {', '.join(PROXIES)}"))
         self.queue_size, self.init, self.proxy = queue_size, init, proxy
         self.register_buffer("queues", torch.zeros(num_clusters, queue_size, num_features))
         self.register_buffer("ptr", torch.zeros(num_clusters, dtype=torch.long))
