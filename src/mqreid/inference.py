@@ -7,9 +7,9 @@
     g = model.embed(sorted(Path("gallery").glob("*.jpg")))
     indices, distances = rank_gallery(q, g, topk=5)  # [1, 5] each, closest first
 
-:class:`ReIDModel` rebuilds the backbone and the test transform (resize to the training input size, ImageNet
-normalisation) from the configuration stored in the checkpoint, so nothing else needs to be known about the
-run that produced it.
+:class:`ReIDModel` rebuilds the backbone and the test transform (resize to the training input size, the
+training's normalisation ``input.mean``/``input.std``: ImageNet's by default, 0.5/0.5 in the ViT presets) from
+the configuration stored in the checkpoint, so nothing else needs to be known about the run that produced it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
-from mqreid.data.transforms import build_test_transform
+from mqreid.data.transforms import build_test_transform, normalization
 from mqreid.engine.checkpoint import network_from_checkpoint
 from mqreid.engine.distributed import resolve_device
 from mqreid.evaluation import pairwise_distance
@@ -48,7 +48,8 @@ class ReIDModel:
         input_size: ``(height, width)`` the network was trained at; every image is resized to it.
         device: ``"auto"`` (CUDA when available, else CPU), a device name, or a ``torch.device``.
         batch_size: images embedded at once by :meth:`embed` and :meth:`embed_normalized`.
-        config: the training configuration (a plain dict), kept as :attr:`config`.
+        config: the training configuration (a plain dict), kept as :attr:`config`; its ``input.mean`` and
+            ``input.std`` (ImageNet's when absent) normalise the images.
 
     Use :meth:`from_checkpoint` to build one from a checkpoint written by ``train.py``.
     """
@@ -60,9 +61,11 @@ class ReIDModel:
         height, width = (int(v) for v in input_size)
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device))
         self.network = network.to(self.device).eval()
-        self.transform = build_test_transform(height, width)
         self.batch_size = batch_size
         self.config: dict[str, Any] = dict(config or {})
+        # the training's input normalisation (input.mean/std; ImageNet's in checkpoints without them)
+        self.normalization = normalization(self.config.get("input"))
+        self.transform = build_test_transform(height, width, **self.normalization)
         # the precision the network was trained in (train.precision): every embedding is computed in it
         self.precision = stored_precision(self.config)
         self.path: str | None = None
@@ -124,8 +127,9 @@ class ReIDModel:
         """Embed images that are already resized and normalised.
 
         Args:
-            images: float tensor [B, 3, H, W] with (H, W) = :attr:`input_size`, normalised with the ImageNet
-                mean and standard deviation (what ``self.transform`` returns for each image).
+            images: float tensor [B, 3, H, W] with (H, W) = :attr:`input_size`, normalised with the training's
+                mean and standard deviation, :attr:`normalization` (what ``self.transform`` returns for each
+                image).
 
         Returns:
             [B, D] float32 L2-normalised embeddings on the CPU.

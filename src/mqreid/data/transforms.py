@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
@@ -19,6 +19,17 @@ from .augment import BATCHED_STEPS, BatchAugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalization(input_cfg: Any) -> dict[str, tuple[float, ...]]:
+    """``{"mean": ..., "std": ...}`` of an ``input`` config node (``input.mean``, ``input.std``; a DictConfig or
+    a plain dict, e.g. a checkpoint's stored config), ImageNet's where a value is absent (configs and
+    checkpoints from before the setting existed). Pass it on as ``build_test_transform(h, w, **norm)``."""
+    get = getattr(input_cfg, "get", None)
+    mean = get("mean") if get else None
+    std = get("std") if get else None
+    return {"mean": tuple(float(v) for v in (IMAGENET_MEAN if mean is None else mean)),
+            "std": tuple(float(v) for v in (IMAGENET_STD if std is None else std))}
 
 
 def _check_size(height: int, width: int) -> None:

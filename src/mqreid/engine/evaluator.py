@@ -10,7 +10,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from mqreid.data.base import id_arrays
-from mqreid.data.transforms import build_test_transform
+from mqreid.data.transforms import build_test_transform, normalization
 from mqreid.evaluation import evaluate_retrieval
 from mqreid.models.precision import stored_precision
 
@@ -50,7 +50,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     dataset = evaluation_dataset(cfg, train_cfg, checkpoint)
     eval_cfg = cfg.eval
     height, width = eval_cfg.height or train_cfg.input.height, eval_cfg.width or train_cfg.input.width
-    transform = build_test_transform(height, width)
+    transform = build_test_transform(height, width, **normalization(train_cfg.get("input")))  # as trained
     features = {split: extract_items(model, getattr(dataset, split), transform, device,
                                      batch_size=eval_cfg.batch_size, num_workers=resolve_workers(eval_cfg.num_workers),
                                      flip=eval_cfg.flip, precision=precision, progress=cfg.progress,

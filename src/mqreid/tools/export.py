@@ -3,7 +3,8 @@
     mqreid-export outputs/.../checkpoints/best.pt --onnx reid.onnx [--opset 18]
 
 The graph takes ``images``: float32 [B, 3, H, W], already resized to the checkpoint's input size and
-normalised with the ImageNet mean and standard deviation (what :attr:`mqreid.ReIDModel.transform` gives),
+normalised with the checkpoint's mean and standard deviation (``input.mean``/``input.std``: ImageNet's by
+default, 0.5/0.5 in the ViT presets; printed on export; what :attr:`mqreid.ReIDModel.transform` gives),
 with a dynamic batch dimension B, and returns ``features``: float32 [B, D], L2-normalised. The file is
 written through a temporary file renamed into place. When onnxruntime is installed the exported graph is run
 on a random batch and its largest absolute difference to PyTorch is printed.
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     height, width = model.input_size
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, opset {args.opset}, {args.exporter} exporter): "
-          f"input '{INPUT_NAME}' float32 [B, 3, {height}, {width}] normalised, "
+          f"input '{INPUT_NAME}' float32 [B, 3, {height}, {width}] normalised (mean "
+          f"{list(model.normalization['mean'])}, std {list(model.normalization['std'])}), "
           f"output '{OUTPUT_NAME}' float32 [B, {model.embedding_dim}]")
     try:
         import onnxruntime  # noqa: F401
