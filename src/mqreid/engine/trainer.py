@@ -31,7 +31,7 @@ from tqdm import tqdm
 from mqreid.cluster import camera_centering
 from mqreid.data.base import id_arrays
 from mqreid.data.loader import ImageCache, build_train_loader
-from mqreid.data.transforms import build_test_transform, build_train_transform, split_stages
+from mqreid.data.transforms import build_test_transform, build_train_transform, normalization, split_stages
 from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn, set_process_group
 from mqreid.models.precision import autocast, needs_scaler
@@ -162,10 +162,11 @@ class Trainer:
                 raise ConfigError(f"clusterer.{key}={k}: expected fewer neighbours than the {n_train} training images "
                                   f"of {self.dataset.name}; set clusterer.{key}={max(1, n_train // 4)} or less")
         input_cfg = cfg.input
+        norm = normalization(input_cfg)  # input.mean/std
         self.train_transform = build_train_transform(input_cfg.height, input_cfg.width, flip_p=input_cfg.flip_p,
                                                      pad=input_cfg.pad, erasing_p=input_cfg.erasing_p,
-                                                     color_jitter=input_cfg.color_jitter)
-        self.test_transform = build_test_transform(input_cfg.height, input_cfg.width)
+                                                     color_jitter=input_cfg.color_jitter, **norm)
+        self.test_transform = build_test_transform(input_cfg.height, input_cfg.width, **norm)
         self.image_cache = self._build_image_cache()
         # whether training reads the cache (it is filled once, here): then loader workers only augment
         self.train_in_memory = (self.image_cache is not None
