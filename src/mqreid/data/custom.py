@@ -9,6 +9,10 @@ a distractor (gallery only), as in Market-1501.
 CSV (``Custom(root, csv="list.csv")``; a relative ``csv`` is resolved against ``root``): header
 ``path,pid,camid,split``; ``split`` is ``train``, ``query`` or ``gallery``; ``camid`` is 0-based; relative
 paths are resolved against the CSV's folder; ``pid`` may be empty or -1 (unknown) in train only.
+Without the ``camid`` column the data has no camera ids (``cameras_known`` is False): every image gets camera
+0 except the gallery's, camera 1, so that the evaluation excludes no gallery image as "same camera"; the
+settings that use camera ids (``clusterer.camera_aware``, ``camera=proxies``, ``train.camera_centering``) are
+refused at start-up.
 
 Validation: query and gallery carry known pids, and after the Market protocol's exclusion (a gallery
 image of the query's own pid *and* camera is not a valid match) at least one query keeps a correct
@@ -32,6 +36,7 @@ PATTERN = re.compile(r"^([-\d]+)_c(\d+)")  # 0001_c1_anything.jpg -> pid 0001, c
 EXAMPLE = "0001_c1_anything.jpg (unlabelled training names allowed)"
 
 CSV_COLUMNS = ("path", "pid", "camid", "split")
+REQUIRED_COLUMNS = ("path", "pid", "split")  # without camid: no camera ids
 SPLITS = ("train", "query", "gallery")
 
 
@@ -44,14 +49,17 @@ def count_matchable_queries(query: list[ImageItem], gallery: list[ImageItem]) ->
 
 
 def parse_csv(csv_file: Path) -> dict[str, list[ImageItem]]:
-    """Read ``path,pid,camid,split`` rows into one item list per split."""
+    """Read ``path,pid,camid,split`` rows into one item list per split (without ``camid``: see the module
+    docstring)."""
     if not csv_file.is_file():
         raise DatasetError(f"missing CSV file {csv_file}; expected header {','.join(CSV_COLUMNS)}")
     splits: dict[str, list[ImageItem]] = {s: [] for s in SPLITS}
     with csv_file.open(newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel's "CSV UTF-8") is skipped
         reader = csv_module.DictReader(f)
-        if reader.fieldnames is None or set(CSV_COLUMNS) - set(reader.fieldnames):
-            raise DatasetError(f"{csv_file}: header is {reader.fieldnames}, expected columns {','.join(CSV_COLUMNS)}")
+        if reader.fieldnames is None or set(REQUIRED_COLUMNS) - set(reader.fieldnames):
+            raise DatasetError(f"{csv_file}: header is {reader.fieldnames}, expected columns {','.join(CSV_COLUMNS)} "
+                               f"(camid may be left out when the cameras are unknown)")
+        with_cameras = "camid" in reader.fieldnames
         for row in reader:
             where = f"{csv_file}, line {reader.line_num}"
             split = (row["split"] or "").strip()
@@ -60,9 +68,9 @@ def parse_csv(csv_file: Path) -> dict[str, list[ImageItem]]:
             pid_text = (row["pid"] or "").strip()
             try:
                 pid = int(pid_text) if pid_text else -1
-                camid = int((row["camid"] or "").strip())
+                camid = int((row["camid"] or "").strip()) if with_cameras else int(split == "gallery")
             except ValueError:
-                msg = f"{where}: pid {row['pid']!r} / camid {row['camid']!r} are not integers"
+                msg = f"{where}: pid {row['pid']!r} / camid {row.get('camid')!r} are not integers"
                 raise DatasetError(msg) from None
             if pid < -1 or camid < 0:
                 raise DatasetError(f"{where}: expected pid >= -1 and a 0-based camid >= 0, got {pid}, {camid}")
@@ -80,10 +88,17 @@ def parse_csv(csv_file: Path) -> dict[str, list[ImageItem]]:
     return splits
 
 
+def has_camid_column(csv_file: Path) -> bool:
+    """Whether the CSV's header has the ``camid`` column."""
+    with csv_file.open(newline="", encoding="utf-8-sig") as f:
+        return "camid" in (csv_module.DictReader(f).fieldnames or [])
+
+
 class Custom(ReIDDataset):
     """A user dataset from a Market-style folder at ``root`` or from ``csv`` (see the module docstring)."""
 
     name = "custom"
+    cameras_known = True  # False for a CSV without the camid column
 
     def __init__(self, root: str | Path, csv: str | Path | None = None, verbose: bool = True,
                  on_bad_image: str = "error") -> None:
@@ -92,6 +107,7 @@ class Custom(ReIDDataset):
             csv_file = Path(csv).expanduser()
             csv_file = csv_file if csv_file.is_absolute() else root / csv_file
             splits = parse_csv(csv_file)
+            self.cameras_known = has_camid_column(csv_file)
             train, query, gallery, source = relabel(splits["train"]), splits["query"], splits["gallery"], csv_file
         else:
             # Junk rule: pid -1 is junk in query and gallery (dropped), pid 0 a distractor there; in train

@@ -11,6 +11,7 @@ whatever the number of processes or loader workers.
   code, rule for rule (the default of every preset).
 - :class:`CameraRoundRobinSampler`: P identities x K instances per batch, the K instances spread
   round-robin over the identity's cameras.
+- :class:`ProxyBalancedSampler`: CAP's proxy-balanced sampling, K instances of each (identity, camera) pair.
 """
 
 from __future__ import annotations
@@ -205,4 +206,35 @@ class CameraRoundRobinSampler(_GlobalBatchSampler):
             yield np.concatenate([self._instances(rng, self.cam_groups[i]) for i in next(stream)])
 
 
-SAMPLERS = {"random_multiple_gallery": RandomMultipleGallerySampler, "camera_round_robin": CameraRoundRobinSampler}
+class ProxyBalancedSampler(_GlobalBatchSampler):
+    """CAP's proxy-balanced sampler (``ClassUniformlySampler`` over the (cluster, camera) labels of
+    Terminator8758/CAP-master, ``k=4`` there): every (identity, camera) pair, i.e. every camera-aware proxy,
+    contributes K images per pass.
+
+    One pass visits the pairs once, in random order, and appends K of the pair's images: drawn without
+    replacement when it has at least K, otherwise from its images repeated K times (each image at most
+    ceil(K / n) times). Batches are cut from the flat list as in :class:`RandomMultipleGallerySampler`
+    (incomplete last batch dropped, passes joined when one is shorter than a batch).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        low = int(self.cam_array.min())
+        pair = self.pid_array * (int(self.cam_array.max()) - low + 1) + self.cam_array - low
+        order = np.argsort(pair, kind="stable")
+        starts = np.flatnonzero(np.r_[True, pair[order][1:] != pair[order][:-1]])
+        self.proxies = np.split(order, starts[1:])  # item indices per (identity, camera) pair
+
+    def one_pass(self, rng: np.random.Generator) -> list[int]:
+        k, out = self.num_instances, []
+        for i in rng.permutation(len(self.proxies)):
+            members = self.proxies[i]
+            pool = members if len(members) >= k else np.tile(members, k)
+            out.extend(rng.permutation(pool)[:k].tolist())
+        return out
+
+    global_batches = RandomMultipleGallerySampler.global_batches
+
+
+SAMPLERS = {"random_multiple_gallery": RandomMultipleGallerySampler, "camera_round_robin": CameraRoundRobinSampler,
+            "proxy_balanced": ProxyBalancedSampler}

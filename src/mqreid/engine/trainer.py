@@ -39,6 +39,7 @@ from mqreid.models.precision import autocast, needs_scaler
 from . import distributed, pictures, warm_start
 from .checkpoint import FORMAT_VERSION, load_checkpoint, to_json, write_atomic, write_json_atomic
 from .features import extract_items
+from .validate import camera_id_problems
 from .validate import (ConfigError, available_cores, batch_layout_problems, bn_span, deterministic_problems,
                        resolve_workers, validate_config)
 
@@ -155,6 +156,10 @@ class Trainer:
         self.cores = available_cores()
 
         self.dataset = self._build_dataset()
+        if not getattr(self.dataset, "cameras_known", True):  # e.g. a custom CSV without the camid column
+            problems = camera_id_problems(cfg, f"{self.dataset.name} at {self.dataset.root} has no camera ids")
+            if problems:
+                raise ConfigError("\n".join(problems))
         n_train = len(self.dataset.train)
         for key in ("k1", "k"):  # neighbourhoods as large as the set make every point everyone's neighbour
             k = cfg.clusterer.get(key)
@@ -179,6 +184,9 @@ class Trainer:
         self.clusterer = instantiate(cfg.clusterer)
         self.memory_factory = instantiate(cfg.memory)
         self.memory = None
+        # camera=proxies: camera-aware proxies whose two loss terms add to the memory's (None: camera=none)
+        self.camera_factory = instantiate(cfg.camera) if cfg.get("camera") else None
+        self.camera_proxies = None
         self.logger = instantiate(cfg.logger) if self.is_main else None
 
         self.start_epoch, self.global_step = 0, 0
@@ -296,7 +304,7 @@ class Trainer:
             with timed(row, "extract"):
                 features = self.extract(self.dataset.train)
             with timed(row, "cluster"):
-                labels = self.cluster(features)
+                labels = self.cluster(features, epoch)
             row.update(self.describe_clusters(labels))
             if self.evaluation_due(epoch) and self.cfg.train.cluster_gallery and self.is_main:
                 self.picture(f"clusters/epoch{epoch + 1:03d}.png", pictures.cluster_gallery, self.dataset, labels,
@@ -326,15 +334,18 @@ class Trainer:
                              flip=self.cfg.eval.flip, precision=self.precision,
                              progress=self.is_main and self.cfg.progress, cache=self.image_cache, main_only=main_only)
 
-    def cluster(self, features: torch.Tensor) -> np.ndarray:
-        """Pseudo labels [N] (-1 = outlier), computed on rank 0 and broadcast."""
+    def cluster(self, features: torch.Tensor, epoch: int | None = None) -> np.ndarray:
+        """Pseudo labels [N] (-1 = outlier), computed on rank 0 and broadcast. A camera-aware clusterer gets the
+        training images' cameras and whether this is the run's first clustering (``epoch`` 0)."""
         labels = None
         if self.is_main:
             with distributed.main_works_alone(self.env, self.cores):
                 if self.cfg.train.camera_centering:
                     cameras = torch.from_numpy(id_arrays(self.dataset.train)[1]).to(features.device)
                     features = camera_centering(features, cameras)
-                labels = np.asarray(self.clusterer.fit_predict(features.to(self.device)), dtype=np.int64)
+                camera_aware = {"cameras": id_arrays(self.dataset.train)[1], "first": epoch == 0} \
+                    if getattr(self.clusterer, "camera_aware", False) else {}
+                labels = np.asarray(self.clusterer.fit_predict(features.to(self.device), **camera_aware), dtype=np.int64)
         return distributed.broadcast_object(labels)
 
     def describe_clusters(self, labels: np.ndarray) -> dict[str, Any]:
@@ -361,6 +372,11 @@ class Trainer:
         self.memory = self.memory_factory(num_features=features.shape[1], num_clusters=int(labels.max()) + 1,
                                           seed=epoch_seed(self.cfg.seed, epoch)).to(self.device)
         self.memory.reset(features.to(self.device), torch.from_numpy(labels).to(self.device))
+        if self.camera_factory is not None:
+            self.camera_proxies = self.camera_factory(num_features=features.shape[1],
+                                                      seed=epoch_seed(self.cfg.seed, epoch)).to(self.device)
+            self.camera_proxies.reset(features.to(self.device), torch.from_numpy(labels).to(self.device),
+                                      torch.from_numpy(id_arrays(self.dataset.train)[1]).to(self.device))
 
     def train_loader(self, epoch: int, labels: np.ndarray):
         """This process's loader of ``epoch``: ``train.iters`` batches of the pseudo-labelled images."""
@@ -384,6 +400,8 @@ class Trainer:
         loader = self.train_loader(epoch, labels)
         self.train_model.train()
         losses, temperatures = [], []
+        intras, inters = [], []  # the camera terms of each step (camera=proxies)
+        inter_on = self.camera_proxies is not None and self.camera_proxies.inter_active(epoch)
         first_step = self.global_step
         num_clusters = self.memory.num_clusters
         show = self.is_main and self.cfg.progress
@@ -391,7 +409,7 @@ class Trainer:
         # a bound of any cluster's images in a global batch, for the memory update: the sampler's, computed once
         # on the host for the epoch (a loader without one: this batch's, times the processes)
         epoch_bound = getattr(loader, "max_per_cluster", None)
-        for images, targets, _, _ in bar:
+        for images, targets, cameras, _ in bar:
             if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_clusters):  # host tensor
                 raise ValueError(f"epoch {epoch + 1}: a batch holds pseudo labels outside [0, {num_clusters - 1}]")
             max_per_cluster = epoch_bound if epoch_bound is not None else \
@@ -403,6 +421,14 @@ class Trainer:
                 features = self.train_model(images)
             temperature = self.temperature()
             loss = self.memory(features.float(), targets, temperature)
+            if self.camera_proxies is not None:
+                cameras = cameras.to(self.device, non_blocking=True)
+                intra, inter = self.camera_proxies(features.float(), targets, cameras, inter=inter_on)
+                loss = loss + self.camera_proxies.intra_weight * intra
+                intras.append(intra.detach())
+                if inter is not None:
+                    loss = loss + self.camera_proxies.inter_weight * inter
+                    inters.append(inter.detach())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.temperature.learnable:  # the temperature sits outside DDP: average its gradient here
@@ -413,6 +439,10 @@ class Trainer:
             # the memory sees the whole global batch, so every rank's memory stays identical
             self.memory.update(distributed.all_gather_cat(features.detach().float(), same_size=True),
                                distributed.all_gather_cat(targets, same_size=True), max_per_cluster)
+            if self.camera_proxies is not None:  # every (cluster, camera) proxy, from the whole global batch
+                self.camera_proxies.update(distributed.all_gather_cat(features.detach().float(), same_size=True),
+                                           distributed.all_gather_cat(targets, same_size=True),
+                                           distributed.all_gather_cat(cameras, same_size=True), max_per_cluster)
             self.global_step += 1
             losses.append(loss.detach())
             temperatures.append(temperature.detach().clone())
@@ -433,7 +463,24 @@ class Trainer:
         # each rank's loss is the mean over its slice of the global batch; their mean is the global batch's
         mean_loss = torch.tensor(float(step_losses.mean()) if len(step_losses) else math.nan, device=self.device)
         distributed.all_reduce_mean_([mean_loss])
-        return {"loss": mean_loss.item()}
+        return {"loss": mean_loss.item(), **self._camera_terms(intras, inters, first_step)}
+
+    def _camera_terms(self, intras: list[torch.Tensor], inters: list[torch.Tensor], first_step: int) -> dict[str, float]:
+        """camera=proxies: the epoch's mean of each camera term (``loss_intra``, ``loss_inter``; NaN, null in
+        metrics.jsonl, for the inter term before ``camera.inter_start_epoch``) and each step's value for the
+        logger, read from the device once per epoch."""
+        if self.camera_proxies is None:
+            return {}
+        out = {}
+        for name, values in (("loss_intra", intras), ("loss_inter", inters)):
+            steps = torch.stack(values).float().cpu() if values else torch.empty(0)
+            if self.logger:
+                for j, value in enumerate(steps.tolist()):
+                    self.logger.log({f"step/{name}": value, "global_step": first_step + j + 1}, first_step + j + 1)
+            mean = torch.tensor(float(steps.mean()) if len(steps) else math.nan, device=self.device)
+            distributed.all_reduce_mean_([mean])
+            out[name] = mean.item()
+        return out
 
     def step_schedule(self) -> None:
         with warnings.catch_warnings():
