@@ -14,7 +14,8 @@ from PIL import Image
 from mqreid.data import DatasetError, build_dataset
 from mqreid.data.layout import parse_folder
 from mqreid.data.market1501 import Market1501
-from mqreid.data.synthetic import Nuisances, Synthetic, SyntheticHard, SyntheticMarket, SyntheticMSMT17
+from mqreid.data.synthetic import (Nuisances, Synthetic, SyntheticHard, SyntheticMarket, SyntheticMSMT17, SyntheticV2,
+                                   SyntheticV2Hard)
 from mqreid.data.synthetic import builder, person, plan, rand, render
 
 TINY = dict(num_train_ids=4, num_test_ids=3, num_cameras=2, images_per_id=(4, 6), num_distractors=2,
@@ -271,7 +272,8 @@ def test_invalid_workers(tmp_path):
 
 
 @pytest.mark.parametrize("name, cls", [("synthetic_market", SyntheticMarket), ("synthetic_msmt17", SyntheticMSMT17),
-                                       ("synthetic_hard", SyntheticHard)])
+                                       ("synthetic_hard", SyntheticHard), ("synthetic_v2", SyntheticV2),
+                                       ("synthetic_v2_hard", SyntheticV2Hard)])
 def test_sized_sets_match_their_configs_and_build_by_name(tmp_path, name, cls):
     from conftest import compose_config
 

@@ -25,9 +25,9 @@ DATASETS: dict[str, type[ReIDDataset] | None] = {
     "custom": Custom,
     "synthetic": None,  # imported on first use, see build_dataset
 }
-# The synthetic generator at the real datasets' sizes, and its hard variant (classes in mqreid.data.synthetic,
-# imported on first use).
-SYNTHETIC_SIZED = ("synthetic_market", "synthetic_msmt17", "synthetic_hard")
+# The synthetic generator at the real datasets' sizes, its hard variant and the v2 sets (classes in
+# mqreid.data.synthetic, imported on first use).
+SYNTHETIC_SIZED = ("synthetic_market", "synthetic_msmt17", "synthetic_hard", "synthetic_v2", "synthetic_v2_hard")
 
 
 def build_dataset(name: str, root: str | Path, verbose: bool = True, on_bad_image: str = "error",

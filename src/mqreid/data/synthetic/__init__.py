@@ -34,7 +34,9 @@ classes and the generation of a set into its folder), ``rand`` (the random strea
 
 from __future__ import annotations
 
-from .builder import SYNTHETIC_SETS, Synthetic, SyntheticHard, SyntheticMarket, SyntheticMSMT17
+from .builder import (SYNTHETIC_SETS, Synthetic, SyntheticHard, SyntheticMarket, SyntheticMSMT17, SyntheticV2,
+                      SyntheticV2Hard)
 from .nuisances import Nuisances
 
-__all__ = ["SYNTHETIC_SETS", "Nuisances", "Synthetic", "SyntheticHard", "SyntheticMSMT17", "SyntheticMarket"]
+__all__ = ["SYNTHETIC_SETS", "Nuisances", "Synthetic", "SyntheticHard", "SyntheticMSMT17", "SyntheticMarket",
+           "SyntheticV2", "SyntheticV2Hard"]

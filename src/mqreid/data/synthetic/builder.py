@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..base import ReIDDataset
 from ..layout import parse_market_layout
 from .nuisances import Nuisances, _nuisances
-from .plan import _plan_set
+from .plan import _camera_groups, _plan_set
 from .render import _Renderer
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ class Synthetic(ReIDDataset):
                            occlusion=float(occlusion), seed=int(seed))
         _validate(**self.params)
         self.params["nuisances"] = _nuisances(nuisances)
+        _camera_groups(num_cameras, self.params["nuisances"].groups)  # the groups add up to the cameras
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"{type(self).__name__}: workers must be None or >= 1, got {workers!r}")
         folder = Path(root) / self.name / self.folder_name(**self.params)
@@ -163,8 +164,39 @@ class SyntheticHard(_SizedSet):
                                                   count_spread=1.0))
 
 
+class SyntheticV2(_SizedSet):
+    """The Market-like set of benchmark v2 (docs/benchmark-v2.md): the default set's sizes and camera model (120
+    training ids, 100 test ids, 6 cameras in one group, one session) with the v2 nuisances that do not need
+    groups: backgrounds drawn per visit from one pool (no camera has a background of its own), cast shadows,
+    a light level that clips or darkens, noise that grows in low light. The starting candidate of the
+    calibration, not yet frozen. ``dataset=synthetic_v2``."""
+
+    name = "synthetic_v2"
+    defaults = dict(num_train_ids=120, num_test_ids=100, num_cameras=6, num_distractors=100, height=128, width=64,
+                    camera_shift=0.3, noise=0.3, occlusion=0.1,
+                    nuisances=dict(shadows=0.2, exposure=0.15, low_light_noise=1.0, background_pool=8))
+
+
+class SyntheticV2Hard(_SizedSet):
+    """The MSMT-like set of benchmark v2 (docs/benchmark-v2.md), at the first hard variant's sizes: 15 cameras
+    in two groups (12 outdoor, 3 indoor) with their own sites, light spectra, sensors and viewpoints; 12 sessions
+    of light shared by a group's cameras, each identity mostly in one; identities walking a camera ring
+    (two neighbours on either side, moves between the groups rare); backgrounds per visit from the group's
+    pool; shadows, clipping and low-light noise; and the first variant's bursts, look-alikes, box jitter and
+    long tail. The starting candidate of the calibration, not yet frozen. ``dataset=synthetic_v2_hard``."""
+
+    name = "synthetic_v2_hard"
+    defaults = dict(num_train_ids=350, num_test_ids=300, num_cameras=15, num_train_images=7000, num_query=900,
+                    num_gallery=3600, num_distractors=500, height=128, width=64, camera_shift=0.5, noise=0.5,
+                    occlusion=0.2,
+                    nuisances=dict(burst=4, lookalikes=0.15, box_jitter=1.5, count_spread=1.0, groups=[12, 3],
+                                   group_gap=1.0, sessions=12, session_strength=1.0, session_stay=0.85, shadows=0.4,
+                                   exposure=0.35, low_light_noise=2.0, walk=2, cross_group=0.02,
+                                   background_pool=8))
+
+
 SYNTHETIC_SETS: dict[str, type[Synthetic]] = {cls.name: cls for cls in (Synthetic, SyntheticMarket, SyntheticMSMT17,
-                                                                         SyntheticHard)}
+                                                                         SyntheticHard, SyntheticV2, SyntheticV2Hard)}
 
 
 def _validate(*, num_train_ids, num_test_ids, num_cameras, images_per_id, num_train_images, num_query, num_gallery,

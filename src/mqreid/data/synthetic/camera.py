@@ -122,3 +122,59 @@ def _slot_camera(cam: _Camera, rng: np.random.Generator, strength: float) -> _Ca
     return replace(cam, colour_matrix=(light.T @ cam.colour_matrix).astype(np.float32),
                    light_dir=cam.light_dir + rng.normal(0, 0.25 * strength, 2))
 
+
+
+@dataclass(frozen=True)
+class _Group:
+    """What the cameras of one group share beyond their site (v2 ``group_gap``)."""
+
+    light: np.ndarray  # [3, 3] the group's light spectrum (a colour model on column RGB vectors)
+    sensor: float  # factor on noise and blur, and on the resolution loss
+    view_p: np.ndarray  # [3] the group's viewpoint prior
+    scale: float  # factor on the person scale
+
+
+def _make_group(rng: np.random.Generator, gap: float) -> _Group:
+    view_p = 0.85 * rng.dirichlet([1.0, 1.0, 1.0]) + 0.05
+    return _Group(light=_colour_model(np.exp(rng.normal(0, 0.2 * gap, 3)), rng.uniform(-0.4, 0.4) * gap,
+                                      np.exp(rng.normal(0, 0.25 * gap))),
+                  sensor=float(np.exp(rng.normal(0, 0.5 * gap))), view_p=view_p / view_p.sum(),
+                  scale=float(np.exp(rng.normal(0, 0.08 * gap))))
+
+
+def _in_group(cam: _Camera, group: _Group, gap: float) -> _Camera:
+    """``cam`` with its group's light spectrum, sensor, viewpoint prior and person scale folded in."""
+    weight = 0.7 * min(1.0, gap)
+    view_p = (1 - weight) * cam.view_p + weight * group.view_p
+    return replace(cam, colour_matrix=(group.light.T @ cam.colour_matrix).astype(np.float32),
+                   noise=cam.noise * group.sensor, blur=cam.blur * group.sensor,
+                   resolution=float(np.clip(1 - (1 - cam.resolution) * group.sensor, 0.25, 1)),
+                   view_p=view_p / view_p.sum(), scale=float(np.clip(cam.scale * group.scale, 0.6, 0.97)))
+
+
+@dataclass(frozen=True)
+class _Session:
+    """A session's light, shared by all cameras of a group (v2 ``sessions``, ``exposure``, ``shadows``)."""
+
+    light: np.ndarray | None  # [3, 3] colour model on column RGB vectors; None: the cameras' own light
+    light_shift: np.ndarray  # [2] added to each camera's lighting gradient
+    level: float  # light level (1: as the camera model; > 1 clips highlights, < 1 darkens)
+    sun: float  # direction of cast shadows, radians
+
+
+def _make_session(rng: np.random.Generator, strength: float, exposure: float, coloured: bool) -> _Session:
+    """``coloured``: whether the session changes the colour of the light (only with several sessions)."""
+    gains = np.exp(rng.normal(0, 0.15 * strength, 3)) * np.exp(rng.normal(0, 0.2 * strength))
+    theta = rng.uniform(-0.35, 0.35) * strength
+    shift = rng.normal(0, 0.25 * strength, 2)
+    level = float(np.exp(rng.normal(0, exposure)))
+    return _Session(light=_colour_model(gains, theta) if coloured else None,
+                    light_shift=shift if coloured else np.zeros(2), level=level, sun=float(rng.uniform(0, 2 * np.pi)))
+
+
+def _under(cam: _Camera, session: _Session) -> _Camera:
+    """``cam`` under a session's light (its colour and gradient; the level and shadows act per image)."""
+    if session.light is None:
+        return cam
+    return replace(cam, colour_matrix=(session.light.T @ cam.colour_matrix).astype(np.float32),
+                   light_dir=cam.light_dir + session.light_shift)

@@ -8,17 +8,61 @@ from .nuisances import Nuisances
 from .rand import _STREAM_COUNTS, _STREAM_PLAN, _rng
 
 
-def _plan_identity(rng: np.random.Generator, num_cameras: int, images_per_id: tuple[int, int]) -> list[int]:
+def _camera_groups(num_cameras: int, groups: tuple[int, ...]) -> list[int]:
+    """The group of each camera (0-based): ``groups`` counts the cameras of each group in camera order;
+    empty: one group."""
+    if not groups:
+        return [0] * num_cameras
+    if sum(groups) != num_cameras:
+        raise ValueError(f"Synthetic: nuisances.groups must add up to num_cameras ({num_cameras}), got "
+                         f"{list(groups)} (sum {sum(groups)})")
+    return [g for g, size in enumerate(groups) for _ in range(size)]
+
+
+def _walk_cameras(rng: np.random.Generator, k: int, group_of: list[int], neighbours: int, cross: float) -> list[int]:
+    """``k`` distinct cameras visited by a walk on the camera adjacency graph: within a group the cameras
+    stand on a ring, each linked to the ``neighbours`` nearest on either side. The walk starts at a random
+    camera of a group with at least ``k`` cameras (any camera when no group has that many); each next camera
+    is, with probability ``cross``, an unvisited camera of another group, else an unvisited camera linked to
+    the visited cameras of the current group (another group's when the current one is used up)."""
+    members: dict[int, list[int]] = {}
+    for cam, g in enumerate(group_of):
+        members.setdefault(g, []).append(cam)
+    linked = {}
+    for ring in members.values():
+        for i, cam in enumerate(ring):
+            linked[cam] = {ring[(i + d) % len(ring)] for d in range(-neighbours, neighbours + 1)} - {cam}
+    large = [c for c, g in enumerate(group_of) if len(members[g]) >= k] or list(range(len(group_of)))
+    path = [int(rng.choice(large))]
+    while len(path) < k:
+        here, seen = group_of[path[-1]], set(path)
+        near = sorted({c for v in path if group_of[v] == here for c in linked[v]} - seen)
+        away = [c for c in range(len(group_of)) if c not in seen and group_of[c] != here]
+        if away and (not near or rng.random() < cross):
+            path.append(int(rng.choice(away)))
+        elif near:
+            path.append(int(rng.choice(near)))
+        else:  # the current group's cameras not linked to the path (a ring cut by neighbours = 0)
+            path.append(int(rng.choice([c for c in range(len(group_of)) if c not in seen])))
+    return path
+
+
+def _plan_identity(rng: np.random.Generator, num_cameras: int, images_per_id: tuple[int, int],
+                   walk=None) -> list[int]:
     """Camera (0-based) of each image of one identity: >= 2 cameras, >= 2 images on each."""
     n = int(rng.integers(images_per_id[0], images_per_id[1] + 1))
-    return _plan_cameras(rng, num_cameras, n)
+    return _plan_cameras(rng, num_cameras, n, walk=walk)
 
 
-def _plan_cameras(rng: np.random.Generator, num_cameras: int, n: int, k: int | None = None) -> list[int]:
-    """Cameras (0-based, sorted) of ``n`` images on ``k`` cameras (drawn when None), >= 2 images on each."""
+def _plan_cameras(rng: np.random.Generator, num_cameras: int, n: int, k: int | None = None, walk=None) -> list[int]:
+    """Cameras (0-based, sorted) of ``n`` images on ``k`` cameras (drawn when None), >= 2 images on each.
+    ``walk``: None (the cameras are drawn at random) or ``(group_of, neighbours, cross)`` of :func:`_walk_cameras`."""
     if k is None:
         k = min(2 + int(rng.binomial(num_cameras - 2, 0.25)), n // 2)
-    cams = np.sort(rng.choice(num_cameras, size=k, replace=False))
+    if walk is None:
+        cams = np.sort(rng.choice(num_cameras, size=k, replace=False))
+    else:
+        cams = np.sort(_walk_cameras(rng, k, *walk))
     counts = 2 + rng.multinomial(n - 2 * k, np.full(k, 1.0 / k))
     return [int(c) for c, m in zip(cams, counts) for _ in range(m)]
 
@@ -61,16 +105,18 @@ def _plan_set(*, num_train_ids: int, num_test_ids: int, num_cameras: int, images
         train_high = np.minimum(num_cameras, train_n // 2)  # >= 2 images per camera
         train_cams = round(num_query * num_train_ids / num_test_ids)
         train_k = _allocate(rng, min(train_cams, int(train_high.sum())), np.full(num_train_ids, 2), train_high)
+    n = nuisances or Nuisances()
+    walk = (_camera_groups(num_cameras, n.groups), n.walk, n.cross_group) if n.walk else None
     plan = []
     for pid in range(1, num_train_ids + num_test_ids + 1):
         rng = _rng(seed, _STREAM_PLAN, pid)
         test = pid - num_train_ids - 1  # index among the test identities when >= 0
         if not sized:
-            cams = _plan_identity(rng, num_cameras, images_per_id)
+            cams = _plan_identity(rng, num_cameras, images_per_id, walk)
         elif test < 0:
-            cams = _plan_cameras(rng, num_cameras, int(train_n[pid - 1]), int(train_k[pid - 1]))
+            cams = _plan_cameras(rng, num_cameras, int(train_n[pid - 1]), int(train_k[pid - 1]), walk)
         else:
-            cams = _plan_cameras(rng, num_cameras, int(test_k[test] + test_g[test]), int(test_k[test]))
+            cams = _plan_cameras(rng, num_cameras, int(test_k[test] + test_g[test]), int(test_k[test]), walk)
         seen: set[int] = set()
         images = []
         for frame, cam in enumerate(cams):

@@ -7,6 +7,8 @@ import numpy as np
 
 (_STREAM_PLAN, _STREAM_ID, _STREAM_CAM, _STREAM_IMG, _STREAM_DISTRACTOR, _STREAM_SITE, _STREAM_COUNTS,
  _STREAM_SLOT, _STREAM_OUTFIT, _STREAM_TWIN, _STREAM_VISIT) = range(11)
+# the v2 nuisances' streams (new numbers only: the streams above keep theirs, so v1 sets keep their bytes)
+_STREAM_GROUP, _STREAM_SESSION, _STREAM_HOME, _STREAM_POOL = range(11, 15)
 
 
 def _rng(*key: int) -> np.random.Generator:
