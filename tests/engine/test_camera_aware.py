@@ -74,10 +74,16 @@ def test_a_csv_with_camera_ids_is_accepted(tmp_path):
     assert not [p for p in config_problems(cfg) if "camera" in p]
 
 
-def test_bad_camera_settings_are_named():
-    problems = config_problems(compose_config(["camera=proxies", "camera.temperature=0", "clusterer.k1_intra=-2"]))
-    assert any("temperature=0: expected a number > 0" in p and p.startswith("camera") for p in problems)
-    assert any("k1_intra=-2: expected an integer >= 0" in p and p.startswith("clusterer") for p in problems)
+@pytest.mark.parametrize("key,value,expected", [
+    ("camera.temperature", 0, "a number > 0"), ("camera.momentum", 2, "a number in [0, 1]"),
+    ("camera.hard_negatives", -1, "an integer >= 0"), ("camera.intra_weight", -1, "a number >= 0"),
+    ("camera.inter_weight", -0.5, "a number >= 0"), ("camera.inter_start_epoch", -1, "an integer >= 0"),
+    ("camera.hard_negatives", "abc", "an integer"), ("clusterer.k1_intra", -2, "an integer >= 0"),
+    ("clusterer.camera_aware", "maybe", "true or false"),
+])
+def test_bad_camera_settings_are_named(key, value, expected):
+    problems = config_problems(compose_config(["camera=proxies", f"{key}={value}"]))
+    assert f"{key}={value}: expected {expected}" in problems, problems
 
 
 def test_proxy_balanced_sampler_gives_k_images_of_every_pair():

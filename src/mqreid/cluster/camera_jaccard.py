@@ -34,6 +34,7 @@ import torch
 
 from mqreid.cluster.jaccard import _coo, _sync, _to_scipy, reciprocal_mask
 from mqreid.cluster.knn import KnnChoice, knn_search, resolve_backend, single_threaded_on_host
+from mqreid.utils.errors import SettingError
 
 # The authors' defaults (chenyiyuu/CA-Jaccard, train_caj.py and the README's training commands).
 K1_INTRA = 5        # --k1-intra 5 (argparse default)
@@ -43,18 +44,16 @@ K2_INTER = 4        # --k2-inter 4 in the same commands (argparse default 3)
 K2_FIRST = 3        # caj_rerank.py sets k2_intra = k2_inter = 3 at epoch 0 ("warm-up"), whatever the flags
 
 
-def check_camera_params(**params: int | None) -> None:
-    """Each value an integer >= 0 (``None`` allowed for the ``*_first`` ones); ``k2_intra + k2_inter >= 1``."""
+def check_camera_params(**params: int) -> None:
+    """Each value an integer >= 0; ``k2_intra + k2_inter >= 1`` (and the same for the ``*_first`` pair)."""
     for name, value in params.items():
-        if value is None and name.endswith("_first"):
-            continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}={value}: expected an integer >= 0")
+            raise SettingError(name, value, "an integer >= 0")
     for intra, inter in (("k2_intra", "k2_inter"), ("k2_intra_first", "k2_inter_first")):
         a, b = params.get(intra), params.get(inter)
-        if a is not None and b is not None and a + b < 1:
-            raise ValueError(f"{inter}={b}: expected {intra} + {inter} >= 1 with {intra}={a} (the query expansion "
-                             f"averages that many rows; {intra}=1 {inter}=0 turns it off)")
+        if a is not None and b is not None and a + b < 1:  # a pair not given is not checked
+            raise SettingError(inter, b, f"{intra} + {inter} >= 1 with {intra}={a} (the query expansion averages "
+                                         f"that many rows; {intra}=1 {inter}=0 turns it off)")
 
 
 def camera_tensor(cameras, n: int, device: torch.device) -> torch.Tensor:

@@ -64,7 +64,7 @@ class DBSCANClusterer:
             :mod:`mqreid.cluster.camera_jaccard`); :meth:`fit` then needs the camera of each row, and
             ``k1``/``k2`` give way to ``k1_intra``, ``k1_inter``, ``k2_intra``, ``k2_inter``.
         k2_intra_first, k2_inter_first: the query expansion of the first clustering (``fit(...,
-            first=True)``; the authors use 3 + 3 at epoch 0), ``None``: the same as later ones.
+            first=True)``; the authors use 3 + 3 at epoch 0); equal to ``k2_intra``, ``k2_inter``: none apart.
 
     After :meth:`fit` (features) or :meth:`fit_graph` (a precomputed Jaccard graph from
     :func:`mqreid.cluster.jaccard_distance`), ``labels_`` [N] int64 holds 0..C-1, -1 = outlier,
@@ -73,8 +73,8 @@ class DBSCANClusterer:
 
     def __init__(self, eps: float = 0.6, min_samples: int = 4, k1: int = 30, k2: int = 6, knn: str = "auto",
                  camera_aware: bool = False, k1_intra: int = K1_INTRA, k1_inter: int = K1_INTER,
-                 k2_intra: int = K2_INTRA, k2_inter: int = K2_INTER, k2_intra_first: int | None = K2_FIRST,
-                 k2_inter_first: int | None = K2_FIRST):
+                 k2_intra: int = K2_INTRA, k2_inter: int = K2_INTER, k2_intra_first: int = K2_FIRST,
+                 k2_inter_first: int = K2_FIRST):
         self.eps = eps
         self.min_samples = min_samples
         self.k1 = k1
@@ -89,17 +89,14 @@ class DBSCANClusterer:
         _check_eps(self.eps)
         check_params(self, ("min_samples", "k1", "k2"))
         if not isinstance(self.camera_aware, bool):
-            raise ValueError(f"camera_aware={self.camera_aware}: expected true or false")
+            raise SettingError("camera_aware", self.camera_aware, "true or false")
         check_camera_params(k1_intra=self.k1_intra, k1_inter=self.k1_inter, k2_intra=self.k2_intra,
                             k2_inter=self.k2_inter, k2_intra_first=self.k2_intra_first,
                             k2_inter_first=self.k2_inter_first)
 
     def camera_params(self, first: bool = False) -> dict[str, int]:
         """The CA-Jaccard settings of a clustering (``first``: the first one's query expansion)."""
-        k2 = (self.k2_intra, self.k2_inter)
-        if first and (self.k2_intra_first, self.k2_inter_first) != (None, None):
-            k2 = (self.k2_intra if self.k2_intra_first is None else self.k2_intra_first,
-                  self.k2_inter if self.k2_inter_first is None else self.k2_inter_first)
+        k2 = (self.k2_intra_first, self.k2_inter_first) if first else (self.k2_intra, self.k2_inter)
         return dict(k1_intra=self.k1_intra, k1_inter=self.k1_inter, k2_intra=k2[0], k2_inter=k2[1])
 
     def fit(self, features, cameras=None, first: bool = False) -> DBSCANClusterer:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mqreid.utils.errors import SettingError
+
 from .centroid import CentroidMemory
 
 # Defaults from the authors' code (Terminator8758/CAP-master):
@@ -66,7 +68,7 @@ def camera_proxy_losses(features: torch.Tensor, labels: torch.Tensor, cameras: t
         if t.shape != (size,):
             raise ValueError(f"camera proxies: expected {name} of shape ({size},), got {tuple(t.shape)}")
     if not isinstance(hard_negatives, int) or hard_negatives < 0:
-        raise ValueError(f"hard_negatives={hard_negatives}: expected an integer >= 0")
+        raise SettingError("hard_negatives", hard_negatives, "an integer >= 0")
     logits = F.normalize(features, dim=1) @ proxies.detach().to(features.dtype).t() / temperature  # [B, P]
     same_cluster = labels[:, None] == proxy_labels[None, :]
     same_camera = cameras[:, None] == proxy_cameras[None, :]
@@ -107,12 +109,12 @@ class CameraProxies(nn.Module):
                             ("inter_weight", inter_weight)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
                     or (name == "temperature" and value == 0):
-                raise ValueError(f"{name}={value}: expected a number {'> 0' if name == 'temperature' else '>= 0'}")
+                raise SettingError(name, value, f"a number {'> 0' if name == 'temperature' else '>= 0'}")
         for name, value in (("hard_negatives", hard_negatives), ("inter_start_epoch", inter_start_epoch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}={value}: expected an integer >= 0")
+                raise SettingError(name, value, "an integer >= 0")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
-            raise ValueError(f"momentum={momentum}: expected a number in [0, 1]")
+            raise SettingError("momentum", momentum, "a number in [0, 1]")
         self.num_features = num_features
         self.temperature, self.momentum, self.hard_negatives = float(temperature), float(momentum), hard_negatives
         self.intra_weight, self.inter_weight = float(intra_weight), float(inter_weight)
