@@ -542,7 +542,9 @@ class Trainer:
         if "optimizer" not in state:
             raise ConfigError(f"resume={self.cfg.resume}: {state['path']} holds only weights (best.pt); resume from "
                              f"last.pt or the run directory")
-        refused, allowed = config_changes(state["config"], OmegaConf.to_container(self.cfg, resolve=True))
+        saved = state["config"]  # checkpoints from before input.mean/std were settings ran with ImageNet's
+        saved.setdefault("input", {}).update({k: list(v) for k, v in normalization(saved.get("input")).items()})
+        refused, allowed = config_changes(saved, OmegaConf.to_container(self.cfg, resolve=True))
         if refused:
             raise ConfigError(f"resume={self.cfg.resume}: these settings differ from the checkpoint's and would change "
                              f"the run:\n" + "\n".join(f"  - {line}" for line in refused) + "\nResume without these "
