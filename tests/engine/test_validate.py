@@ -22,7 +22,7 @@ CANDIDATES = ("abc", -1, 0, 2, 1.5, None)
 # wrong kind only.
 OUT_OF_RANGE = {
     "eps": -1, "min_samples": 0, "k1": 0, "k2": 0, "k": 0, "min_sim": 2, "min_cluster_size": 0, "seed": -1,
-    "queue_size": 0, "momentum": 2, "value": 0, "init": 0, "tlr": -1, "weight_decay": -1, "floor": 0,
+    "queue_size": 0, "momentum": -1, "value": 0, "init": 0, "tlr": -1, "weight_decay": -1, "floor": 0,
     "lr": -1, "step_size": 0, "gamma": 0,
 }
 # Settings whose values are names: a name that does not exist.
