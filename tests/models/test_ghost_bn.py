@@ -124,3 +124,54 @@ def test_groups_spanning_processes_equal_one_process(tmp_path):
         mean = torch.stack([r["running"][j] for r in ranks]).mean(0)
         assert torch.allclose(mean, ref, atol=1e-6)
         assert torch.allclose(ranks[0]["running"][j], ranks[1]["running"][j])
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "bf16"])
+def test_fused_groups_match_one_batchnorm_per_group(layout):
+    """The in-process groups (one output, each group's kernel writing its rows) equal one BatchNorm call per
+    group, forward and backward, in channels_last and under bfloat16 autocast too."""
+    torch.manual_seed(3)
+    x = torch.randn(8, 4, 5, 3) * 2 + 1
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ghost, ref = convert_ghost_bn(nn.BatchNorm2d(4), 4), nn.BatchNorm2d(4)
+    ref.load_state_dict(ghost.state_dict())
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if layout == "bf16" else torch.autocast("cpu", enabled=False)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    with context:
+        inputs = [v.to(torch.bfloat16) if layout == "bf16" else v for v in xs]
+        out = ghost(inputs[0])
+        separate = []
+        for part in inputs[1].split(4):
+            bn = nn.BatchNorm2d(4)
+            bn.load_state_dict(ref.state_dict())
+            separate.append(bn)
+        expected = torch.cat([bn(part) for bn, part in zip(separate, inputs[1].split(4))])
+    assert out.dtype == expected.dtype and torch.equal(out, expected)
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    out.float().pow(2).sum().backward()
+    expected.float().pow(2).sum().backward()
+    assert torch.equal(xs[0].grad, xs[1].grad)
+    assert torch.allclose(ghost.weight.grad, sum(bn.weight.grad for bn in separate), atol=1e-5)
+    assert torch.allclose(ghost.running_var, sum(bn.running_var for bn in separate) / 2)
+
+
+def test_groups_spanning_nccl_processes_become_sync_batchnorm(monkeypatch):
+    """Over NCCL, a BatchNorm group spread over processes is torch's SyncBatchNorm over that group's ranks,
+    with the layer's parameters, buffers and frozen flags (gloo keeps the autograd version; the GPU check runs
+    the NCCL kernels)."""
+    from mqreid.models import ghost_bn
+
+    model = convert_ghost_bn(build_model("small_cnn", pretrained=False), 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(ghost_bn, "_backend", lambda group: "gloo")
+    ghost_bn.set_process_group(model, "block", 2)
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all(isinstance(m, GhostBatchNorm) and m.group_ranks == 2 and m.process_group == "block" for m in layers)
+    monkeypatch.setattr(ghost_bn, "_backend", lambda group: "nccl")
+    assert ghost_bn.set_process_group(model, "block", 2) is model
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert layers and all(type(m) is nn.SyncBatchNorm and m.process_group == "block" for m in layers)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.neck.bias.requires_grad  # the BN neck's frozen shift stays frozen
