@@ -453,6 +453,10 @@ def test_cached_test_batches_are_the_file_batches(image_items: list[ImageItem], 
                                         world_size=world_size, cache=cache))
         for a, b in zip(files, memory, strict=True):
             assert all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
+    workers = list(build_test_loader(image_items, transform=transform, batch_size=4, cache=cache, num_workers=2))
+    alone = list(build_test_loader(image_items, transform=transform, batch_size=4, cache=cache))
+    for a, b in zip(workers, alone, strict=True):  # the gathers in loader workers, in order
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_cache_limit_and_the_per_file_path(image_items: list[ImageItem]) -> None:

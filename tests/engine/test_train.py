@@ -199,3 +199,18 @@ def test_a_split_over_the_cache_limit_is_read_from_files_and_the_log_says_how_mu
                 and "train read from files" in r.getMessage())
     assert f"train read from files (it needs {train_mib - limit:.0f} MiB more than train.cache_limit_mb=2" in line
     assert line.startswith("image cache: query in memory")
+
+
+def test_the_optimiser_is_fused_on_cuda_only():
+    """Adam (and any optimiser with a fused kernel) gets fused=True on CUDA; CPU runs and a config that sets
+    fused itself are left as they are."""
+    from omegaconf import OmegaConf
+
+    from mqreid.engine.trainer import fused_on_cuda
+
+    adam = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3.5e-4})
+    assert fused_on_cuda(adam, torch.device("cuda", 0)) == {"fused": True}
+    assert fused_on_cuda(adam, torch.device("cpu")) == {}
+    assert fused_on_cuda(OmegaConf.merge(adam, {"fused": False}), torch.device("cuda", 0)) == {}
+    lbfgs = OmegaConf.create({"_target_": "torch.optim.LBFGS", "_partial_": True})
+    assert fused_on_cuda(lbfgs, torch.device("cuda", 0)) == {}

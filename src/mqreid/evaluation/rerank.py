@@ -35,13 +35,12 @@ DEFAULT_ROWS = 128  # queries per block when re_ranking assembles the dense matr
 
 
 def _row_min_similarity(x: torch.Tensor) -> np.ndarray:
-    """Smallest cosine similarity of each row of ``x`` [N, D] to all rows, [N] (chunked GEMM)."""
+    """Smallest cosine similarity of each row of ``x`` [N, D] to all rows, [N] (chunked GEMM). The minima stay
+    on ``x``'s device until the end: one copy to the host, not one wait per chunk (~530 at MSMT17's 94k)."""
     step = max(1, _ROW_CHUNK // x.shape[0])
-    out = []
     with torch.no_grad():
-        for s in range(0, x.shape[0], step):
-            out.append((x[s:s + step] @ x.T).min(dim=1).values.cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+        out = torch.cat([(x[s:s + step] @ x.T).amin(dim=1) for s in range(0, x.shape[0], step)])
+    return out.cpu().numpy().astype(np.float64)
 
 
 class ReRanker:
