@@ -111,3 +111,30 @@ def test_four_ranks_with_batchnorm_groups_spanning_processes(tiny_cfg, tmp_path)
     assert four["loss"] == pytest.approx(one["loss"], rel=1e-3)
     for k, v in trainer.model.state_dict().items():
         assert torch.allclose(ranks[0]["model"][k].float(), v.float(), atol=1e-3), k
+
+
+def test_one_thread_per_process_as_torchrun_sets_it(monkeypatch):
+    """Several SLURM tasks on a node get OMP_NUM_THREADS=1 and one torch thread each, as torchrun gives its
+    processes; a user's OMP_NUM_THREADS, or one task per node, is left alone."""
+    from mqreid.engine.distributed import one_thread_per_process
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert not one_thread_per_process(1) and "OMP_NUM_THREADS" not in os.environ
+        assert one_thread_per_process(4) and os.environ["OMP_NUM_THREADS"] == "1" and torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", "6")
+        assert not one_thread_per_process(4) and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_host_waits_use_the_default_group_on_gloo():
+    """Without a process group, or with gloo as the default group (CPU runs), the host's barriers and
+    broadcasts need no second group; NCCL runs get a gloo group for them (the GPU check runs that path)."""
+    from mqreid.engine import distributed
+
+    assert distributed.host_group() is None
+    assert distributed.broadcast_object({"labels": [1, 2]}) == {"labels": [1, 2]}
+    distributed.barrier()  # a no-op in one process

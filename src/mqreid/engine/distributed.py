@@ -56,24 +56,55 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+_HOST_GROUP = None  # a gloo group of every rank when the default group is NCCL: the host's waits go through it
+
+
+def one_thread_per_process(local_world_size: int) -> bool:
+    """What torchrun does when it starts several processes on a node and OMP_NUM_THREADS is unset: one
+    intra-op thread each, so the node's processes do not oversubscribe its cores (rank 0 takes the node's
+    cores while it works alone: :func:`main_works_alone`). Whether the limit was set here."""
+    if local_world_size <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return False
+    os.environ["OMP_NUM_THREADS"] = "1"  # loader workers and subprocesses inherit it
+    torch.set_num_threads(1)
+    return True
+
+
 def init_distributed(device_name: str = "auto", timeout_min: int = 60) -> tuple[DistEnv, torch.device]:
     """Join the process group when launched by torchrun or as a multi-task SLURM job (submitit); return the
-    env and this rank's device. A single process needs nothing."""
+    env and this rank's device. A single process needs nothing.
+
+    On CUDA the default group is NCCL, bound to this rank's device (``device_id``), and a second group over
+    gloo carries what the host waits for: barriers and object broadcasts (:func:`barrier`,
+    :func:`broadcast_object`). While rank 0 clusters or ranks the query set, the other ranks wait in a gloo
+    receive, which sleeps, instead of in an NCCL collective, which keeps a CPU core busy polling the GPU."""
+    global _HOST_GROUP
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         from submitit.helpers import TorchDistributedEnvironment  # sets RANK, WORLD_SIZE, MASTER_ADDR, ...
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if one_thread_per_process(DistEnv(world_size=int(os.environ["WORLD_SIZE"])).local_world_size):
+            log.info("SLURM: OMP_NUM_THREADS=1 and one torch thread per process, as torchrun sets them")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     env = DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name, env.local_rank)
     if world > 1 and not dist.is_initialized():
+        timeout = datetime.timedelta(minutes=timeout_min)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_min))
+            dist.init_process_group("nccl", timeout=timeout, device_id=device)
+            _HOST_GROUP = dist.new_group(backend="gloo", timeout=timeout)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
         log.info("process group: %d processes (%s), collective timeout %d min (dist_timeout_min)", world,
                  dist.get_backend(), timeout_min)
     return env, device
+
+
+def host_group():
+    """The group of every rank for waits and broadcasts on the host: a gloo group beside an NCCL default group,
+    else None (the default group, gloo on CPU runs)."""
+    return _HOST_GROUP if dist.is_available() and dist.is_initialized() else None
 
 
 def current_env() -> DistEnv:
@@ -118,8 +149,9 @@ def main_works_alone(env: DistEnv, threads: int) -> Iterator[None]:
 
 
 def barrier() -> None:
+    """Wait for every rank (on the host: through :func:`host_group`)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=host_group())
 
 
 def _padded_to_largest(tensor: torch.Tensor, world: int) -> tuple[torch.Tensor, list[int]]:
@@ -168,7 +200,7 @@ def broadcast_object(obj, src: int = 0):
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src)
+    dist.broadcast_object_list(box, src, group=host_group())  # pickled through CPU tensors over gloo
     return box[0]
 
 
@@ -182,8 +214,10 @@ def all_reduce_mean_(tensors) -> None:
 
 
 def cleanup() -> None:
+    global _HOST_GROUP
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the host group too
+    _HOST_GROUP = None
 
 
 def shared_run_dir(local_dir: str) -> str:
