@@ -7,8 +7,9 @@
 # already has torch (CUDA), torchvision, numpy, scipy, scikit-learn, pillow, tqdm, matplotlib, onnx (with
 # ml_dtypes), onnxruntime, tensorboard and pytest. What it lacks and what comes here:
 #   hydra-core, omegaconf, PyYAML (omegaconf's), antlr4-python3-runtime (hydra's; published as a source
-#   distribution only, so its wheel is built here), infomap, and onnxscript with onnx-ir (torch's default ONNX
-#   exporter). Versions are the ones the project is developed with.
+#   distribution only, so its wheel is built here), infomap, onnxscript with onnx-ir (torch's default ONNX
+#   exporter), and timm (the ViT backbones; it imports without its optional huggingface_hub and safetensors,
+#   which only fetch weights). Versions are the ones the project is developed with.
 # Not included: faiss. A GPU build (faiss-gpu-cu12: a 48 MB wheel) needs the CUDA 12 runtime and cuBLAS
 # wheels (hundreds of MB) beside the CUDA 13 torch, far beyond the 64 MiB the tree travels in; without faiss
 # the kNN runs as blocked GEMM + top-k on the GPU (knn=torch), which is what knn=auto picks there anyway.
@@ -29,6 +30,7 @@ PYYAML=6.0.3
 INFOMAP=2.16.0
 ONNXSCRIPT=0.7.2
 ONNX_IR=1.1.0
+TIMM=1.0.31
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -40,7 +42,7 @@ TARGET=(--only-binary=:all: --platform manylinux2014_x86_64 --platform manylinux
 # binary wheels for the target (pure-Python py3-none-any wheels match these filters too)
 "$PYTHON" -m pip download "${TARGET[@]}" --dest "$OUT" --quiet \
     "hydra-core==$HYDRA" "omegaconf==$OMEGACONF" "PyYAML==$PYYAML" "infomap==$INFOMAP" \
-    "onnxscript==$ONNXSCRIPT" "onnx-ir==$ONNX_IR"
+    "onnxscript==$ONNXSCRIPT" "onnx-ir==$ONNX_IR" "timm==$TIMM"
 
 # antlr4-python3-runtime exists only as a source distribution: build a (pure-Python) wheel from it
 "$PYTHON" -m pip wheel --no-deps --wheel-dir "$OUT" --quiet "antlr4-python3-runtime==$ANTLR"
