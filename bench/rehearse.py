@@ -25,6 +25,11 @@ Commands (run from the repository root; ``override`` = Hydra overrides of the co
         gallery on synthetic features (Trainer._rank_query_gallery, the trainer's evaluation code). Extraction
         (and, with --step-seconds, the preset's steps) is extrapolated from the rates of the resnet50 command,
         which runs first in a subprocess when --rate is not given.
+    python bench/rehearse.py vit [--backbone vit_small] [--batch-size 64] [--batches 2] [override ...]
+        the resnet50 command for experiment=market1501_vit_small_ics (ViT-S/16 with the IBN convolution stem at
+        256x128; --backbone vit_small: without it): extraction and training steps measured at --batch-size
+        (default 64, with the preset's SGD and centroid memory), the step and the GPU memory at the preset's
+        batch of 256 extrapolated from them.
     python bench/rehearse.py all [options] [override ...]
         market, resnet50 and msmt17, each in its own subprocess (msmt17 takes the rates resnet50 measured).
 
@@ -410,11 +415,13 @@ def train_step(model, memory, temperature, optimizer, images, targets) -> float:
     return loss.item()
 
 
-def run_resnet50(args: argparse.Namespace) -> dict:
-    cfg = compose_config(MARKET["preset"], MARKET["dataset"], args)
+def run_resnet50(args: argparse.Namespace, preset: str = MARKET["preset"], command: str = "resnet50") -> dict:
+    cfg = compose_config(preset, MARKET["dataset"], args)
     stages, figures = Stages(), {}
     shape = (3, cfg.input.height, cfg.input.width)
-    batch, k = args.batch_size or cfg.train.batch_size, cfg.train.num_instances
+    # steps are measured at `batch`; the preset's step and GPU memory are given at `target`
+    target, k = cfg.train.batch_size, cfg.train.num_instances
+    batch = args.batch_size or target
     clusters = int(cfg.dataset.get("num_train_ids", 751))
     gen = torch.Generator().manual_seed(cfg.seed)
     # the trainer's own construction code, on a stand-in for a trainer without a dataset
@@ -502,25 +509,29 @@ def run_resnet50(args: argparse.Namespace) -> dict:
         break
     if measured_at is None:
         raise SystemExit(f"no training step could be measured ({failure})")
-    step_s = row["seconds"] * batch / measured_at
-    figures.update(step_batch=measured_at, step_s_measured=row["seconds"], step_s=step_s, batch=batch,
-                   step_peak_rss_mb=row["peak_rss_mb"])
-    if measured_at != batch:
-        stages.add(f"train step at batch {batch}", step_s,
-                   f"{batch // measured_at if batch % measured_at == 0 else batch / measured_at} x the step at batch "
-                   f"{measured_at} (time and activations scale with the batch); {failure}")
-    params_mb = params * 4 * 4 / 2**20  # weights, gradients and Adam's two moments, float32
+    step_s = row["seconds"] * target / measured_at
+    figures.update(step_batch=measured_at, step_s_measured=row["seconds"], step_s=step_s, batch=target,
+                   step_img_s=measured_at / row["seconds"], step_peak_rss_mb=row["peak_rss_mb"])
+    if measured_at != target:
+        stages.add(f"train step at batch {target}", step_s,
+                   f"{target // measured_at if target % measured_at == 0 else target / measured_at} x the step at "
+                   f"batch {measured_at} (time and activations scale with the batch){'; ' if failure else ''}{failure}")
+    optimizer_name = type(optimizer).__name__
+    # float32 weights and gradients, plus Adam's two moments or SGD's momentum buffer
+    states = 2 if optimizer_name.startswith("Adam") else int(bool(optimizer.defaults.get("momentum")))
+    params_mb = params * 4 * (2 + states) / 2**20
     memory_mb = sum(b.numel() * b.element_size() for b in memory.buffers()) / 2**20
-    gpu_mb = batch * per_image + params_mb + memory_mb
+    gpu_mb = target * per_image + params_mb + memory_mb
     figures["gpu_need_mb"] = gpu_mb
-    stages.add(f"GPU memory at batch {batch}", None,
-               f"~{mem(gpu_mb)}: activations {batch} x {per_image:.1f} MB (measured on the CPU; cuDNN "
-               f"workspaces come on top) + {params_mb:,.0f} MB weights, gradients and Adam state + {memory_mb:,.0f} "
+    stages.add(f"GPU memory at batch {target}", None,
+               f"~{mem(gpu_mb)}: activations {target} x {per_image:.1f} MB (measured on the CPU; cuDNN "
+               f"workspaces come on top) + {params_mb:,.0f} MB weights, gradients and {optimizer_name} state + "
+               f"{memory_mb:,.0f} "
                f"MB memory; activations scale with the batch "
                f"(~{mem(64 * per_image + params_mb + memory_mb)} at 64)")
 
     for name, size_of in (("Market-1501", MARKET), ("MSMT17", MSMT17)):
-        iters = 400 if size_of is MSMT17 else 200
+        iters = 400 if size_of is MSMT17 and command == "resnet50" else 200  # the ViT presets: 200 on both
         extract_train, extract_test = size_of["train"] / rate, size_of["test"] / rate
         epoch = extract_train + iters * step_s
         runs = evaluations(cfg)
@@ -533,7 +544,13 @@ def run_resnet50(args: argparse.Namespace) -> dict:
         stages.add(f"{name} run: {cfg.train.epochs} epochs + {runs} evaluations", run,
                    f"extraction and steps only; {duration(run)}")
     title = f"{cfg.backbone.arch} at {size}, batch {batch} (CPU)"
-    return report("resnet50", title, stages, figures)
+    return report(command, title, stages, figures)
+
+
+def run_vit(args: argparse.Namespace) -> dict:
+    """The resnet50 command for the ViT preset, measured at --batch-size (default 64)."""
+    args.batch_size = args.batch_size or 64
+    return run_resnet50(args, preset="market1501_vit_small_ics", command="vit")
 
 
 # ------------------------------------------------------------------ msmt17
@@ -678,7 +695,7 @@ def run_all(args: argparse.Namespace) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["market", "resnet50", "msmt17", "all"])
+    p.add_argument("command", choices=["market", "resnet50", "vit", "msmt17", "all"])
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset.num_train_images=48")
     p.add_argument("--data-root", default=None, help="data root (default: the config's data_root)")
     p.add_argument("--backbone", default=None,
@@ -705,7 +722,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return {"market": run_market, "resnet50": run_resnet50, "msmt17": run_msmt17, "all": run_all}[args.command](args)
+    return {"market": run_market, "resnet50": run_resnet50, "vit": run_vit, "msmt17": run_msmt17,
+            "all": run_all}[args.command](args)
 
 
 if __name__ == "__main__":

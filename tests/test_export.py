@@ -55,3 +55,39 @@ def test_export_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(ValueError, match="opset"):
         export_onnx(model, tmp_path / "x.onnx", opset=3)
     assert not list(tmp_path.glob("*.onnx*"))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_vit_export_matches_pytorch(tmp_path, capsys, exporter):
+    """A ViT-S with the IBN convolution stem (one block, 32x16 input, 0.5/0.5 normalisation): the graph
+    matches PyTorch, and the export names the normalisation its input needs."""
+    pytest.importorskip("timm")
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import TINY, compose_config
+
+    cfg = compose_config([*TINY, f"data_root={tmp_path}", "backbone=vit_small_ics", "backbone.depth=1",
+                          "input.height=32", "input.width=16", "input.mean=[0.5,0.5,0.5]", "input.std=[0.5,0.5,0.5]"])
+    torch.manual_seed(0)
+    net = instantiate(cfg.backbone).train()
+    with torch.no_grad():  # move the BatchNorm statistics off their initial values
+        for _ in range(3):
+            net(torch.randn(8, 3, 32, 16))
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"model": net.state_dict(), "epoch": 1, "metrics": {"mAP": 1.0},
+                "config": OmegaConf.to_container(cfg, resolve=True)}, checkpoint)
+    out = tmp_path / "vit.onnx"
+    assert main([str(checkpoint), "--onnx", str(out), "--exporter", exporter]) == 0
+    printed = capsys.readouterr().out
+    assert "[B, 3, 32, 16] normalised (mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5])" in printed
+    assert "output 'features' float32 [B, 384]" in printed
+    model = ReIDModel.from_checkpoint(checkpoint, device="cpu")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(3)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 16, generator=gen)
+        onnx_out = session.run(["features"], {"images": x.numpy()})[0]
+        assert np.abs(onnx_out - model.embed_normalized(x).numpy()).max() <= 1e-4

@@ -38,3 +38,18 @@ def test_all_commands_at_a_tiny_size(tmp_path):
         measured = [r for r in result["rows"] if r["kind"] == "measured"]
         assert measured and all(r["seconds"] >= 0 and r["peak_rss_mb"] > 0 for r in measured)
         assert any(r["kind"] == "extrapolated" for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_the_vit_command_measures_at_its_batch_and_extrapolates_the_presets(tmp_path):
+    pytest.importorskip("timm")
+    cmd = [sys.executable, str(REPO / "bench" / "rehearse.py"), "vit", "--threads", "1", "--batch-size", "8",
+           "--batches", "2", "--extract-batch", "4", "backbone.depth=1", "input.height=32", "input.width=16"]
+    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=300).stdout
+    (result,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    figures, rows = result["figures"], {r["stage"]: r for r in result["rows"]}
+    assert result["command"] == "vit" and result["title"].startswith("vit_small_ics at 32x16, batch 8")
+    assert figures["step_batch"] == 8 and figures["batch"] == 256 and figures["step_img_s"] > 0
+    assert figures["step_s"] == pytest.approx(figures["step_s_measured"] * 32)
+    assert rows["GPU memory at batch 256"]["kind"] == "extrapolated" and "SGD state" in rows["GPU memory at batch 256"]["notes"]
+    assert "vit_small_ics" in rows["model, memory and optimiser"]["notes"] and "SGD" in rows["model, memory and optimiser"]["notes"]
