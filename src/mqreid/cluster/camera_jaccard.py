@@ -33,7 +33,7 @@ import scipy.sparse as sp
 import torch
 
 from mqreid.cluster.jaccard import _coo, _sync, _to_scipy, reciprocal_mask
-from mqreid.cluster.knn import KnnChoice, knn_search, resolve_backend, single_threaded_on_host
+from mqreid.cluster.knn import KnnChoice, _matmul_t, _sort_rows, knn_search, resolve_backend, single_threaded_on_host
 from mqreid.utils.errors import SettingError
 
 # The authors' defaults (chenyiyuu/CA-Jaccard, train_caj.py and the README's training commands).
@@ -66,6 +66,72 @@ def camera_tensor(cameras, n: int, device: torch.device) -> torch.Tensor:
     return cams.to(device, torch.int64)
 
 
+# Inter-camera search: tiles of at most TILE_ELEMENTS similarities (128 MB in float32)
+TILE_ELEMENTS = 1 << 25
+
+
+def _inter_camera_candidates(x: torch.Tensor, groups: list[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most similar points of other cameras for every point (unsorted; -inf / -1 where a camera's
+    others are fewer): (sims [N, k], idx [N, k]).
+
+    With the points ordered by camera, camera a is multiplied once with all later cameras' points,
+    ``x_a @ x_later.T`` in tiles of rows, and the products serve both sides: a top-k along each row gives
+    a's candidates among the later cameras, a top-k along each column gives every later point its
+    candidates in a. The work is half of the ``N x N`` products outside the cameras' own blocks, as the
+    plain Jaccard's self-search uses the upper triangle (searching every camera against all others would
+    do it twice), in large products (small per-pair products ran at a fifth of the BLAS speed here). Each
+    point keeps its top ``k`` of all its candidates once, at the end.
+    """
+    n, dev = x.shape[0], x.device
+    order = torch.cat(groups)
+    xs = x.index_select(0, order)
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    rows_found: list[tuple[torch.Tensor, torch.Tensor] | None] = []  # per camera: its candidates in later cameras
+    cols_found: list[tuple[int, torch.Tensor, torch.Tensor]] = []    # (first position, vals, idx) over later points
+    buffer = np.empty(TILE_ELEMENTS + n, np.float32) if dev.type == "cpu" else None
+    for a in range(len(groups)):
+        sa, ea = int(bounds[a]), int(bounds[a + 1])
+        later = n - ea
+        if later == 0:
+            rows_found.append(None)
+            continue
+        rows = max(1, min(ea - sa, TILE_ELEMENTS // later))
+        rv = torch.empty((ea - sa, min(k, later)), dtype=torch.float32, device=dev)
+        ri = torch.empty((ea - sa, min(k, later)), dtype=torch.int64, device=dev)
+        col_v, col_i = [], []
+        for s in range(sa, ea, rows):
+            e = min(ea, s + rows)
+            sims = _matmul_t(xs[s:e], xs[ea:], buffer).to(dev, torch.float32)  # [e - s, later]
+            top = sims.topk(min(k, later), dim=1)
+            rv[s - sa:e - sa], ri[s - sa:e - sa] = top.values, top.indices + ea
+            top = sims.t().contiguous().topk(min(k, e - s), dim=1)  # contiguous: faster than along dim 0
+            col_v.append(top.values)
+            col_i.append(top.indices + s)
+        rows_found.append((rv, ri))
+        cols_found.append((ea, torch.cat(col_v, 1), torch.cat(col_i, 1)))
+    vals = torch.full((n, k), float("-inf"), dtype=torch.float32, device=dev)
+    idx = torch.full((n, k), -1, dtype=torch.int64, device=dev)
+    for b in range(len(groups)):
+        sb, eb = int(bounds[b]), int(bounds[b + 1])
+        blocks = [] if rows_found[b] is None else [rows_found[b]]
+        blocks += [(v[sb - first:eb - first], i[sb - first:eb - first]) for first, v, i in cols_found if first <= sb]
+        if not blocks:
+            continue
+        cv, ci = torch.cat([v for v, _ in blocks], 1), torch.cat([i for _, i in blocks], 1)
+        top = cv.topk(min(k, cv.shape[1]), dim=1)
+        width = top.values.shape[1]
+        vals[sb:eb, :width], idx[sb:eb, :width] = top.values, order[ci.gather(1, top.indices)]
+    out_v, out_i = torch.empty_like(vals), torch.empty_like(idx)
+    out_v[order], out_i[order] = vals, idx  # back from camera order to the points' own
+    return out_v, out_i
+
+
+def _ordered(sims: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows by decreasing similarity, ties to the lower index (the kNN searches' order)."""
+    order = _sort_rows(sims, idx, None)
+    return sims.gather(1, order), idx.gather(1, order)
+
+
 def camera_rankings(x: torch.Tensor, cameras: torch.Tensor, width: int,
                     choice: KnnChoice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The intra- and inter-camera rankings of every point: ``(intra_sims, intra_rank, inter_sims,
@@ -74,25 +140,36 @@ def camera_rankings(x: torch.Tensor, cameras: torch.Tensor, width: int,
     Row ``i`` of the intra ranking lists the points of ``i``'s camera (``i`` first, then by decreasing
     similarity, ties to the lower index), continued by the other cameras' points when the camera has fewer
     than ``W``; the inter ranking lists the other cameras' points, continued by the own camera's.
+
+    The intra lists come from a kNN self-search per camera (``choice``'s backend), the inter lists from
+    :func:`_inter_camera_candidates`, exact; the ``W + 1``-th candidate is kept to find rows with a tie
+    across the cut, which are searched again against all their other-camera points with the exact tie
+    order.
     """
     n = x.shape[0]
     w = min(width, n)
+    cams = torch.unique(cameras).tolist()  # the host knows the ids anyway
+    groups = [torch.nonzero(cameras == cam).squeeze(1) for cam in cams]
+    out_s, out_r = _inter_camera_candidates(x, groups, min(w + 1, n))
     intra_s = torch.empty((n, w), dtype=torch.float32, device=x.device)
     inter_s = torch.empty_like(intra_s)
     intra_r = torch.empty((n, w), dtype=torch.int64, device=x.device)
     inter_r = torch.empty_like(intra_r)
-    for cam in torch.unique(cameras).tolist():  # a camera per search: the host knows the ids anyway
-        own = torch.nonzero(cameras == cam).squeeze(1)
-        other = torch.nonzero(cameras != cam).squeeze(1)
-        q = x.index_select(0, own)
-        s_in, r_in = knn_search(q, min(w, len(own)), backend=choice, as_tensors=True)
+    for own in groups:
+        others = n - len(own)
+        s_in, r_in = knn_search(x.index_select(0, own), min(w, len(own)), backend=choice, as_tensors=True)
         r_in = own[r_in]
-        if len(other):
-            s_out, r_out = knn_search(q, min(w, len(other)), base=x.index_select(0, other), backend=choice,
-                                      as_tensors=True)
-            r_out = other[r_out]
-        else:
-            s_out, r_out = s_in[:, :0], r_in[:, :0]
+        s_out, r_out = _ordered(out_s[own, :min(w + 1, others)], out_r[own, :min(w + 1, others)])
+        if others > w:  # rows whose w-th and (w+1)-th are equal: which tied point is kept must not be chance
+            tied = torch.nonzero(s_out[:, w - 1] == s_out[:, w]).squeeze(1)
+            if len(tied):
+                rest = torch.ones(n, dtype=torch.bool, device=x.device)
+                rest[own] = False
+                rest = torch.nonzero(rest).squeeze(1)
+                ts, tr = knn_search(x.index_select(0, own[tied]), w, base=x.index_select(0, rest), backend="torch",
+                                    as_tensors=True)
+                s_out[tied, :w], r_out[tied, :w] = ts, rest[tr]
+        s_out, r_out = s_out[:, :w], r_out[:, :w]
         intra_s[own], intra_r[own] = torch.cat([s_in, s_out], 1)[:, :w], torch.cat([r_in, r_out], 1)[:, :w]
         inter_s[own], inter_r[own] = torch.cat([s_out, s_in], 1)[:, :w], torch.cat([r_out, r_in], 1)[:, :w]
     return intra_s, intra_r, inter_s, inter_r
