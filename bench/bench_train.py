@@ -12,7 +12,7 @@ the memory, the optimiser, the transforms and the loaders are the ones ``python 
   (the sampler's real pseudo labels), i.e. forward, memory loss, backward, optimiser step, memory update;
 - loader alone: iterating ``Trainer.train_loader`` (the epoch's loader) without the model;
 - train step with loader: ``Trainer.train_epoch`` as the run calls it, one epoch of ``train.iters`` steps
-  (worker start-up included: the trainer builds the loader every epoch);
+  (the run's first epoch: its loader workers start here and stay for the later epochs);
 - extraction: ``extract_features`` on ready-made random batches (model alone) and ``Trainer.extract`` of
   the training set (with its loader);
 - ``--market N`` (a mode of its own: only this is measured): the loader alone on N temporary 256x128 JPEGs

@@ -343,6 +343,28 @@ def test_augmentation_depends_on_the_sample_not_the_process_or_worker(image_item
         build_train_loader(image_items, labels, sampler="bogus", **common)
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_one_train_loader_serves_every_epoch_with_the_same_workers(image_items: list[ImageItem], cached: bool) -> None:
+    """A run's TrainLoader keeps its workers across epochs and still gives each epoch exactly the batches a
+    fresh single-process loader of that epoch's labels gives (labels travel with the indices)."""
+    from mqreid.data.loader import TrainLoader
+
+    labels = [np.array([{0: 3, 1: 0, 2: -1, 3: 1, 4: 2}[p] for p in PIDS]), np.array([p % 3 for p in PIDS])]
+    common = dict(transform=build_train_transform(H, W), batch_size=8, num_instances=2, iters=3, seed=0,
+                  cache=cache_for(image_items) if cached else None)
+    run = TrainLoader(image_items, num_workers=2, **common)
+    epochs, workers = [], []
+    for epoch, epoch_labels in enumerate(labels):
+        epochs.append(list(run.epoch(epoch_labels, epoch)))
+        workers.append([w.pid for w in run.loader._iterator._workers])
+    assert workers[0] == workers[1]
+    for epoch, (epoch_labels, got) in enumerate(zip(labels, epochs)):
+        fresh = list(build_train_loader(image_items, epoch_labels, epoch=epoch, num_workers=0, **common))
+        for a, b in zip(got, fresh, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert all(torch.equal(pids, torch.as_tensor(epoch_labels[indices.numpy()])) for _, pids, _, indices in got)
+
+
 def test_train_loader_rejects_misaligned_labels(image_items: list[ImageItem]) -> None:
     with pytest.raises(ValueError, match="labels has 3 entries for 26 items"):
         build_train_loader(image_items, [0, 1, 2], transform=None, batch_size=4, num_instances=2, iters=1)

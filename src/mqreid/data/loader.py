@@ -254,7 +254,7 @@ class CachedBatches(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, batch: Sequence[int | tuple[int, int]]):
+    def __getitem__(self, batch: Sequence[int | tuple[int, int] | tuple[int, int, int]]):
         positions = torch.tensor([entry[0] if isinstance(entry, tuple) else entry for entry in batch])
         images = self.cache.gather(self.rows[positions]).permute(0, 3, 1, 2)  # uint8 [B, 3, H, W]
         boxes = []
@@ -262,10 +262,13 @@ class CachedBatches(Dataset):
             images, boxes = self._augment(images, batch)
         box_rows = torch.tensor([box if box is not None else (-1, -1, -1, -1) for box in boxes],
                                 dtype=torch.long).reshape(-1, 4)
+        # (position, key, label) entries carry the epoch's pseudo label (TrainLoader); else the item's id
+        pids = torch.tensor([entry[2] for entry in batch]) if batch and isinstance(batch[0], tuple) and \
+            len(batch[0]) == 3 else self.pids[positions]
         if self.finish:
             images = finish_batch(images, box_rows, self.stages)
-            return images, self.pids[positions], self.camids[positions], self.indices[positions]
-        return images.contiguous(), self.pids[positions], self.camids[positions], self.indices[positions], box_rows
+            return images, pids, self.camids[positions], self.indices[positions]
+        return images.contiguous(), pids, self.camids[positions], self.indices[positions], box_rows
 
     def _augment(self, images: torch.Tensor, batch: Sequence[int | tuple[int, int]]) -> tuple[torch.Tensor, list]:
         """The random steps before normalisation, and the erasing boxes: each image's draws in the per-image
@@ -298,7 +301,7 @@ class ImageDataset(Dataset):
 
     ``dataset[(i, key)]`` (what the training samplers yield) seeds torch's RNG with ``key`` before the
     transform, so the augmentation of a sample depends on its key only, not on the process or loader
-    worker that reads it.
+    worker that reads it; ``dataset[(i, key, label)]`` (:class:`TrainLoader`) also returns ``label`` as the id.
     """
 
     def __init__(
@@ -317,83 +320,113 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int | tuple[int, int]):
+    def __getitem__(self, i: int | tuple[int, int] | tuple[int, int, int]):
+        label = None
         if isinstance(i, tuple):
-            i, key = i
+            i, key, *label = i  # (index, key, pseudo label) from TrainLoader: the label replaces the item's id
             torch.default_generator.manual_seed(key)  # the CPU generator only: torch.manual_seed costs ~0.3 ms
         path, pid, camid = self.items[i]
+        pid = label[0] if label else pid
         image = read_image(path)
         if self.transform is not None:
             image = self.transform(image)
         return image, pid, camid, self.indices[i]
 
 
-def build_train_loader(
-    items: Sequence[ImageItem | tuple[str, int, int]],
-    labels: Sequence[int] | np.ndarray | torch.Tensor,
-    *,
-    transform: Callable,
-    batch_size: int,
-    num_instances: int,
-    iters: int,
-    sampler: str = "random_multiple_gallery",
-    num_workers: int = 0,
-    seed: int = 0,
-    epoch: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    pin_memory: bool = False,
-    cache: ImageCache | None = None,
-    device: torch.device | str = "cpu",
-) -> DeviceBatches:
-    """PK-sampled loader over the pseudo-labelled items, yielding exactly ``iters`` batches per epoch.
+class _EpochSampler(torch.utils.data.Sampler):
+    """The sampler a :class:`TrainLoader`'s DataLoader keeps for the whole run: it yields the entries of the
+    current epoch's sampler, ``(item index, sample key, pseudo label)``. Loader workers that persist across
+    epochs receive the labels with the indices, so they never need the epoch's labels themselves."""
+
+    def __init__(self) -> None:
+        self.sampler, self.keep, self.labels = None, np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.sampler) if self.sampler is not None else 0
+
+    def __iter__(self):
+        for position, key in self.sampler:
+            index = int(self.keep[position])
+            yield index, key, int(self.labels[index])
+
+
+class TrainLoader:
+    """The training loader of a run: PK-sampled batches of the pseudo-labelled items, ``iters`` per epoch.
+
+    Built once for the training list; :meth:`epoch` gives each epoch's loader for that epoch's pseudo labels.
+    Its loader workers (``num_workers`` > 0) start at the first epoch and stay for the run
+    (``persistent_workers``): the sampler runs in this process and sends each sample's item index, key and
+    pseudo label, so nothing the workers hold depends on the epoch. A loader that forked its workers every
+    epoch would copy this process's page tables each time (GBs of image cache at real sizes).
 
     Args:
         items: [N] the full training list.
-        labels: [N] pseudo label of each item (-1 = outlier, left out).
-        batch_size: global batch size; each rank's batches hold batch_size // world_size images.
-
-    Batches are ``(images [B/W, 3, H, W], pseudo labels [B/W], camids [B/W], indices into items [B/W])``; the
-    loader's ``max_per_cluster`` is the sampler's bound on one label's images in a global batch of the epoch.
-    ``sampler`` names one of :data:`~mqreid.data.sampler.SAMPLERS`; the random stream is that of
-    (``seed``, ``epoch``). Each sample's augmentation is seeded from (seed, epoch, its
-    position in the global stream), so batches and augmentations do not depend on ``world_size`` or
-    ``num_workers``.
+        transform: the training transform; batch_size: the global batch size (each rank's batches hold
+            batch_size // world_size images); num_instances: K images per identity; iters: batches per epoch;
+        sampler: one of :data:`~mqreid.data.sampler.SAMPLERS`; seed: the run's seed.
 
     When ``cache`` holds every item (and ``transform`` is one of :mod:`~mqreid.data.transforms`'), images
     come from memory as whole batches (:class:`CachedBatches`): the same tensors as from the files, with
     conversion, normalisation and erasing on ``device`` (:class:`DeviceBatches`).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"train.sampler={sampler}: expected one of {', '.join(SAMPLERS)}")
-    labels_arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.int64).reshape(-1)
-    if len(labels_arr) != len(items):
-        raise ValueError(f"labels has {len(labels_arr)} entries for {len(items)} items")
-    keep = np.flatnonzero(labels_arr >= 0)
-    if len(keep) == 0:
-        raise ValueError("every item is an outlier (label -1): nothing to train on")
-    kept = [ImageItem(str(items[i][0]), int(labels_arr[i]), int(items[i][2])) for i in keep]
-    index_sampler = SAMPLERS[sampler](
-        [it.pid for it in kept], [it.camid for it in kept], batch_size, num_instances, iters,
-        seed=seed, rank=rank, world_size=world_size,
-    )
-    index_sampler.set_epoch(epoch)
-    bound = index_sampler.max_per_cluster()
-    stages = cache.holds(kept, transform) if cache is not None else None
-    if stages is not None:
-        return DeviceBatches(DataLoader(CachedBatches(cache, kept, stages, keep.tolist(), finish=False),
-                                        batch_size=None,
-                                        sampler=BatchSampler(index_sampler, batch_size // world_size, drop_last=True),
-                                        num_workers=num_workers, pin_memory=pin_memory), device, stages, bound)
-    dataset = ImageDataset(kept, transform, indices=keep.tolist())
-    return DeviceBatches(DataLoader(
-        dataset,
-        batch_size=batch_size // world_size,
-        sampler=index_sampler,
-        drop_last=True,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    ), device, max_per_cluster=bound)
+
+    def __init__(self, items: Sequence[ImageItem | tuple[str, int, int]], *, transform: Callable, batch_size: int,
+                 num_instances: int, iters: int, sampler: str = "random_multiple_gallery", num_workers: int = 0,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
+                 cache: ImageCache | None = None, device: torch.device | str = "cpu") -> None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"train.sampler={sampler}: expected one of {', '.join(SAMPLERS)}")
+        self.items = [ImageItem(str(p), int(pid), int(cam)) for p, pid, cam in items]
+        self.batch_size, self.num_instances, self.iters, self.sampler_name = batch_size, num_instances, iters, sampler
+        self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, torch.device(device)
+        self.entries = _EpochSampler()
+        self.stages = cache.holds(self.items, transform) if cache is not None else None
+        persistent = num_workers > 0
+        if self.stages is not None:
+            self.loader = DataLoader(CachedBatches(cache, self.items, self.stages, range(len(self.items)),
+                                                   finish=False),
+                                     batch_size=None,
+                                     sampler=BatchSampler(self.entries, batch_size // world_size, drop_last=True),
+                                     num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent)
+        else:
+            self.loader = DataLoader(ImageDataset(self.items, transform), batch_size=batch_size // world_size,
+                                     sampler=self.entries, drop_last=True, num_workers=num_workers,
+                                     pin_memory=pin_memory, persistent_workers=persistent)
+
+    def epoch(self, labels: Sequence[int] | np.ndarray | torch.Tensor, epoch: int = 0) -> DeviceBatches:
+        """The loader of ``epoch`` for ``labels`` [N] (pseudo label of each item, -1 = outlier, left out).
+
+        Batches are ``(images [B/W, 3, H, W], pseudo labels [B/W], camids [B/W], indices into items [B/W])``;
+        its ``max_per_cluster`` is the sampler's bound on one label's images in a global batch of the epoch.
+        The random stream is that of (seed, ``epoch``), and each sample's augmentation is seeded from (seed,
+        epoch, its position in the global stream), so batches and augmentations do not depend on the world
+        size or ``num_workers``."""
+        labels_arr = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels,
+                                dtype=np.int64).reshape(-1)
+        if len(labels_arr) != len(self.items):
+            raise ValueError(f"labels has {len(labels_arr)} entries for {len(self.items)} items")
+        keep = np.flatnonzero(labels_arr >= 0)
+        if len(keep) == 0:
+            raise ValueError("every item is an outlier (label -1): nothing to train on")
+        index_sampler = SAMPLERS[self.sampler_name](
+            labels_arr[keep], [self.items[i].camid for i in keep], self.batch_size, self.num_instances, self.iters,
+            seed=self.seed, rank=self.rank, world_size=self.world_size,
+        )
+        index_sampler.set_epoch(epoch)
+        self.entries.sampler, self.entries.keep, self.entries.labels = index_sampler, keep, labels_arr
+        return DeviceBatches(self.loader, self.device, self.stages, index_sampler.max_per_cluster())
+
+
+def build_train_loader(
+    items: Sequence[ImageItem | tuple[str, int, int]],
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    *,
+    epoch: int = 0,
+    **kwargs,
+) -> DeviceBatches:
+    """The loader of one epoch: ``TrainLoader(items, **kwargs).epoch(labels, epoch)`` (a run keeps one
+    :class:`TrainLoader` for all its epochs)."""
+    return TrainLoader(items, **kwargs).epoch(labels, epoch)
 
 
 def build_test_loader(

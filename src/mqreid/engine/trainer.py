@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mqreid.cluster import camera_centering
 from mqreid.data.base import id_arrays
-from mqreid.data.loader import ImageCache, build_train_loader
+from mqreid.data.loader import ImageCache, TrainLoader
 from mqreid.data.transforms import build_test_transform, build_train_transform, normalization, split_stages
 from mqreid.evaluation import evaluate_retrieval, pseudo_label_quality
 from mqreid.models.ghost_bn import convert_ghost_bn, set_process_group
@@ -197,6 +197,7 @@ class Trainer:
         self.clusterer = instantiate(cfg.clusterer)
         self.memory_factory = instantiate(cfg.memory)
         self.memory = None
+        self._train_loader: TrainLoader | None = None  # built at the first epoch's training (train_loader)
         # camera=proxies: camera-aware proxies whose two loss terms add to the memory's (None: camera=none)
         self.camera_factory = instantiate(cfg.camera) if cfg.get("camera") else None
         self.camera_proxies = None
@@ -392,15 +393,18 @@ class Trainer:
                                       torch.from_numpy(id_arrays(self.dataset.train)[1]).to(self.device))
 
     def train_loader(self, epoch: int, labels: np.ndarray):
-        """This process's loader of ``epoch``: ``train.iters`` batches of the pseudo-labelled images."""
-        train_cfg = self.cfg.train
-        return build_train_loader(self.dataset.train, labels, transform=self.train_transform,
-                                  batch_size=train_cfg.batch_size, num_instances=train_cfg.num_instances,
-                                  iters=train_cfg.iters, sampler=train_cfg.sampler,
-                                  num_workers=resolve_workers(train_cfg.num_workers, self.train_in_memory,
-                                                              processes=self.env.local_world_size),
-                                  seed=self.cfg.seed, epoch=epoch, rank=self.env.rank, world_size=self.env.world_size,
-                                  pin_memory=self.on_cuda, cache=self.image_cache, device=self.device)
+        """This process's loader of ``epoch``: ``train.iters`` batches of the pseudo-labelled images. One
+        :class:`~mqreid.data.loader.TrainLoader` serves every epoch, so its workers start once per run."""
+        if self._train_loader is None:
+            train_cfg = self.cfg.train
+            self._train_loader = TrainLoader(
+                self.dataset.train, transform=self.train_transform, batch_size=train_cfg.batch_size,
+                num_instances=train_cfg.num_instances, iters=train_cfg.iters, sampler=train_cfg.sampler,
+                num_workers=resolve_workers(train_cfg.num_workers, self.train_in_memory,
+                                            processes=self.env.local_world_size),
+                seed=self.cfg.seed, rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.on_cuda,
+                cache=self.image_cache, device=self.device)
+        return self._train_loader.epoch(labels, epoch)
 
     def train_epoch(self, epoch: int, labels: np.ndarray) -> dict[str, float]:
         """``train.iters`` steps on the pseudo-labelled images; returns the epoch's mean loss.
