@@ -78,7 +78,9 @@ def test_transreid_pass_and_timm_layouts_load(tmp_path):
                  "epoch": 50, "best_mAP": 0.9}
     # PASS / TransReID supervised: a "model" wrapper and "base." keys, a classifier (ignored)
     passed = {"model": {**{f"base.{k}": v for k, v in source.items()}, "classifier.weight": torch.ones(5, 384)}}
-    for name, state in (("transreid", transreid), ("pass", passed), ("plain", dict(source))):
+    # an mqreid checkpoint of a ViT run: "trunk." keys and the BN neck (ignored)
+    ours = {"model": {**{f"trunk.{k}": v for k, v in source.items()}, "neck.weight": torch.ones(384)}, "epoch": 1}
+    for name, state in (("transreid", transreid), ("pass", passed), ("plain", dict(source)), ("mqreid", ours)):
         torch.save(state, tmp_path / f"{name}.pth")
         model = build_vit("vit_small", img_size=(256, 128), depth=DEPTH, pretrained=str(tmp_path / f"{name}.pth"))
         assert all(torch.equal(model.trunk.state_dict()[k], v) for k, v in source.items()), name

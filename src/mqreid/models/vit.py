@@ -45,8 +45,9 @@ VIT_ARCHS: dict[str, tuple[int, int, int, bool]] = {
     "vit_small_ics": (384, 12, 6, True),
     "vit_base": (768, 12, 12, False),
 }
-# substrings of checkpoint keys that are not the backbone's, skipped as the reference skips them
-IGNORED_KEYS = ("head", "dist", "pre_logits", "fc.", "classifier", "bottleneck")
+# substrings of checkpoint keys that are not the backbone's, skipped as the reference skips them (and the BN neck
+# of an mqreid checkpoint, which starts fresh like the reference's bottleneck)
+IGNORED_KEYS = ("head", "dist", "pre_logits", "fc.", "classifier", "bottleneck", "neck.")
 # prefixes a trained model's keys carry in the files that hold it (DataParallel, TransReID, mqreid)
 PREFIXES = ("module.", "base.", "trunk.")
 
