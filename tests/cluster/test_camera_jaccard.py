@@ -160,3 +160,14 @@ def test_clusterer_camera_aware_and_first_clustering():
         clusterer.fit(x)
     plain = DBSCANClusterer(eps=0.6, knn="torch")
     assert np.array_equal(plain.fit_predict(x, cameras=cams), plain.fit_predict(x))  # cameras unused
+
+
+def test_duplicates_across_cameras_keep_the_tie_order():
+    """Duplicated images on other cameras tie across the cut of the inter-camera lists: the rows are searched
+    again, and the lower index wins as in the reference."""
+    x, cams = camera_blobs(n=70, cameras=4, seed=9)
+    dup = np.concatenate([x, x[:30], x[:30]])
+    dup_cams = np.concatenate([cams, (cams[:30] + 1) % 4, (cams[:30] + 2) % 4])
+    params = dict(k1_intra=3, k1_inter=4, k2_intra=2, k2_inter=2)
+    graph = jaccard_distance(dup, cameras=dup_cams, knn="torch", **params)
+    assert np.abs(densify(graph) - dense_ca_jaccard(dup, dup_cams, **params)).max() < 1e-5

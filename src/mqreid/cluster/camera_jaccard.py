@@ -66,6 +66,8 @@ def camera_tensor(cameras, n: int, device: torch.device) -> torch.Tensor:
     return cams.to(device, torch.int64)
 
 
+# Neighbours whose float32 similarities from different GEMM tiles differ by at most this may be equal
+NEAR_TIE = 1e-5
 # Inter-camera search: tiles of at most TILE_ELEMENTS similarities (128 MB in float32)
 TILE_ELEMENTS = 1 << 25
 
@@ -126,6 +128,20 @@ def _inter_camera_candidates(x: torch.Tensor, groups: list[torch.Tensor], k: int
     return out_v, out_i
 
 
+def _exact_dots(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """[R, K] float64 ``x[rows[r]] . x[cols[r, j]]``. Products of float32 values are exact in float64 and every
+    pair is summed by the same reduction, so copies of an image on several cameras tie exactly: the GEMM
+    tiles' float32 results may differ in the last bit, and the tie order (the lower index first) would be
+    chance. 1,024 pairs (32 MB) at a time; for the few rows with near-equal neighbours."""
+    r = rows[:, None].expand(cols.shape).reshape(-1)
+    c = cols.reshape(-1)
+    out = torch.empty(len(c), dtype=torch.float64, device=x.device)
+    step = max(1, (1 << 21) // x.shape[1])
+    for s in range(0, len(c), step):
+        out[s:s + step] = (x[r[s:s + step]].double() * x[c[s:s + step]].double()).sum(1)
+    return out.view(cols.shape)
+
+
 def _ordered(sims: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows by decreasing similarity, ties to the lower index (the kNN searches' order)."""
     order = _sort_rows(sims, idx, None)
@@ -159,17 +175,24 @@ def camera_rankings(x: torch.Tensor, cameras: torch.Tensor, width: int,
         others = n - len(own)
         s_in, r_in = knn_search(x.index_select(0, own), min(w, len(own)), backend=choice, as_tensors=True)
         r_in = own[r_in]
-        s_out, r_out = _ordered(out_s[own, :min(w + 1, others)], out_r[own, :min(w + 1, others)])
+        kept = min(w + 1, others)
+        s_out, r_out = _ordered(out_s[own, :kept].double(), out_r[own, :kept])
+        # near-equal neighbours (copies of an image on several cameras, e.g.): their similarities again, exactly,
+        # so that their order is the tie order and not the tiles' last bit
+        near = torch.nonzero(((s_out[:, :-1] - s_out[:, 1:]) <= NEAR_TIE).any(1)).squeeze(1)
+        if len(near):
+            s_out[near], r_out[near] = _ordered(_exact_dots(x, own[near], r_out[near]), r_out[near])
         if others > w:  # rows whose w-th and (w+1)-th are equal: which tied point is kept must not be chance
             tied = torch.nonzero(s_out[:, w - 1] == s_out[:, w]).squeeze(1)
-            if len(tied):
+            if len(tied):  # rare (copies of an image, e.g.): every other-camera point, one exact product each
                 rest = torch.ones(n, dtype=torch.bool, device=x.device)
                 rest[own] = False
                 rest = torch.nonzero(rest).squeeze(1)
-                ts, tr = knn_search(x.index_select(0, own[tied]), w, base=x.index_select(0, rest), backend="torch",
-                                    as_tensors=True)
-                s_out[tied, :w], r_out[tied, :w] = ts, rest[tr]
-        s_out, r_out = s_out[:, :w], r_out[:, :w]
+                for row in tied.tolist():
+                    sims = _exact_dots(x, own[row:row + 1], rest[None, :])
+                    ts, tr = _ordered(sims, rest[None, :])
+                    s_out[row, :w], r_out[row, :w] = ts[0, :w], tr[0, :w]
+        s_out, r_out = s_out[:, :w].float(), r_out[:, :w]
         intra_s[own], intra_r[own] = torch.cat([s_in, s_out], 1)[:, :w], torch.cat([r_in, r_out], 1)[:, :w]
         inter_s[own], inter_r[own] = torch.cat([s_out, s_in], 1)[:, :w], torch.cat([r_out, r_in], 1)[:, :w]
     return intra_s, intra_r, inter_s, inter_r
