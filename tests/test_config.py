@@ -100,3 +100,28 @@ def test_sweep_configs_define_the_ablations():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["sweep=queue_size"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params["memory.queue_size"] == "2,4,8,16,32"
+
+
+def test_vit_presets_map_the_published_commands():
+    """TransReID-SSL's market_usl.sh / msmt_usl.sh (ViT-S+ICS) and its script's defaults."""
+    for preset, eps, bn_group, every in (("market1501_vit_small_ics", 0.6, 64, 10),
+                                         ("msmt17_vit_small_ics", 0.7, 128, 50)):
+        cfg = compose_config([f"experiment={preset}"])
+        backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+        assert backbone["arch"] == "vit_small_ics" and backbone["img_size"] == [256, 128]           # -a vit_small --conv-stem
+        assert backbone["pretrained"].endswith("pretrained/vit_small_ics_cfs_lup.pth")            # -pp
+        assert (backbone["hw_ratio"], backbone["drop_path"]) == (2, 0.3)                          # --hw-ratio 2
+        assert list(cfg.input.mean) == list(cfg.input.std) == [0.5, 0.5, 0.5]                      # --self-norm
+        assert (cfg.train.batch_size, cfg.train.num_instances, cfg.train.iters) == (256, 8, 200)  # -b 256 ...
+        assert (cfg.train.epochs, cfg.train.bn_group, cfg.eval.every) == (50, bn_group, every)
+        assert cfg.train.sampler == "random_multiple_gallery"
+        assert cfg.clusterer._target_.endswith("DBSCANClusterer") and (cfg.clusterer.eps, cfg.clusterer.k1,
+                                                                       cfg.clusterer.k2) == (eps, 30, 6)
+        assert cfg.memory._target_.endswith("CentroidMemory") and cfg.memory.hard is True        # --use-hard
+        assert cfg.memory.momentum == 0.2 and cfg.temp.value == 0.05
+        opt = cfg.optim.optimizer
+        assert opt._target_ == "torch.optim.SGD" and (opt.lr, opt.momentum, opt.weight_decay) == (3.5e-4, 0.9, 5e-4)
+        assert (cfg.optim.scheduler.step_size, cfg.optim.scheduler.gamma) == (20, 0.1)
+    assert compose_config(["experiment=market1501_dbscan"]).optim.optimizer._target_ == "torch.optim.Adam"
+    multi = compose_config(["experiment=msmt17_vit_small_ics", "memory=multi_queue"])  # one override
+    assert multi.memory._target_.endswith("MultiQueueMemory") and multi.clusterer.eps == 0.7
