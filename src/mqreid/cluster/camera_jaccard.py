@@ -18,9 +18,9 @@ It changes two steps of the k-reciprocal encoding of :mod:`mqreid.cluster.jaccar
    ``np.mean`` over the authors' index list);
 5. the usual Jaccard ``1 - m / (2 - m)`` of the overlaps (:func:`mqreid.cluster.jaccard.min_overlap`).
 
-The rankings come from exact kNN searches per camera: within the camera (a self-search over its points)
-and against the other cameras' points. Together they cost ``N^2 D`` multiply-adds minus the intra blocks'
-half, about one ``N x N`` GEMM; the plain Jaccard's self-search costs half a GEMM.
+The rankings come from exact searches: a kNN self-search within each camera, and one pass over the products
+between cameras in which each camera meets the later ones once and both sides take their top-k. Together
+about half of one ``N x N`` GEMM, as the plain Jaccard's self-search over the upper triangle.
 """
 
 from __future__ import annotations
