@@ -207,3 +207,17 @@ def test_startup_check_refuses_sizes_off_the_patch_grid_naming_the_key():
     assert problems[0].startswith("backbone.hw_ratio=0: expected an integer >= 1")
     assert problems[1] == "backbone.pretrained: weight file /nowhere/w.pth does not exist"
     assert config_problems(compose_config(["backbone=vit_small", "debug=fast"])) == []
+
+
+def test_the_synthetic_warm_start_of_a_vit_loads_as_its_trunk(tmp_path):
+    """backbone.pretrained=synthetic stores the trunk's weights in float16 under timm's names."""
+    from mqreid.engine import warm_start
+
+    torch.manual_seed(0)
+    model = build_vit("vit_small_ics", img_size=(32, 16), depth=1)
+    state = {k: v.half() if v.is_floating_point() else v
+             for k, v in warm_start._trunk_state(model, "vit_small_ics").items()}
+    torch.save(state, tmp_path / "warm.pth")
+    loaded = build_vit("vit_small_ics", img_size=(32, 16), depth=1, pretrained=str(tmp_path / "warm.pth"))
+    assert all(torch.equal(loaded.trunk.state_dict()[k], v.to(loaded.trunk.state_dict()[k].dtype))
+               for k, v in state.items())
