@@ -190,6 +190,12 @@ def test_bf16_autocast_runs_the_vit():
             low = model(x)
     assert low.dtype == torch.float32 or low.dtype == torch.bfloat16
     assert torch.isfinite(low.float()).all() and (low.float() - ref).abs().max() < 0.05
+    model.train()  # a training step's backward under autocast reaches every parameter, the stem's included
+    with autocast("cpu", "bf16"):
+        loss = model(torch.randn(4, 3, 32, 16)).float().sum()
+    loss.backward()
+    assert model.trunk.patch_embed.conv[0].weight.grad is not None
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_startup_check_refuses_sizes_off_the_patch_grid_naming_the_key():
