@@ -17,6 +17,14 @@ machine and load.
     python bench/bench_scale.py --n 100000 --dim 256 --background 0.1 --exact
     python bench/bench_scale.py --n 100000 --dim 256 --background 0.1 --noise 0.5 --exact
     python bench/bench_scale.py --n 1000000
+
+``--knn-only`` times the kNN search alone, exact (``knn=torch``) against ``knn=approx`` back to
+back at each k the clusterers use (the Jaccard distance's k1 = 30 and InfoMap's k = 14 without the
+point itself), each in a fresh subprocess; the approximate lists are scored against the exact ones
+on every row (recall: found similarities >= the exact k-th). This is the measurement behind
+``AUTO_APPROX_ABOVE`` in mqreid.cluster.knn:
+
+    python bench/bench_scale.py --knn-only --n 100000 --dim 256 --background 0.1 --noise 0.5
 """
 
 from __future__ import annotations
@@ -144,10 +152,58 @@ def worker(args) -> dict:
     return out
 
 
+def knn_worker(args) -> dict:
+    """Time one kNN search (``args.knn`` at the k of ``args.config``) on the memory-mapped features."""
+    import logging
+
+    import torch
+
+    from mqreid.cluster import InfomapClusterer
+    from mqreid.cluster.knn import knn_search
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    x = np.load(features_file(args), mmap_mode="r")
+    k, exclude_self = (K, False) if args.config.startswith("dbscan") else (InfomapClusterer().k, True)
+    load0 = os.getloadavg()[0]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
+    start = time.perf_counter()
+    sims, idx = knn_search(x, k, backend=args.knn, exclude_self=exclude_self)
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"config": args.config, "knn": args.knn, "k": k, "time_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime - cpu0,
+           "peak_gb": usage.ru_maxrss / 2**20, "load_start": load0, "load_end": os.getloadavg()[0]}
+    kth_file = labels_file(args, f"{args.config}_exact_kth")
+    if args.knn == "torch":
+        np.save(kth_file, sims[:, -1])
+    elif kth_file.exists():  # a found similarity >= the exact k-th is a right neighbour
+        kth = np.load(kth_file)
+        out["recall"] = float((np.minimum((sims >= kth[:, None] - 1e-6).sum(1), k) / k).mean())
+    return out
+
+
+def knn_only(args) -> None:
+    """Exact then approximate kNN, back to back, at each clusterer's k; one table row per search."""
+    print("| N x D | clusterer (k) | kNN | time (s) | CPU time (s) | peak RSS (GB) | load at start / end | "
+          "recall vs exact (all rows) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method in args.knn_methods.split(","):
+        for knn in ("torch", "approx"):
+            r = run_config(args, method, knn)
+            recall = f"{r['recall']:.4f}" if "recall" in r else "-"
+            print(f"| {args.n // 1000}k x {args.dim} | {method} ({r['k']}) | {'exact' if knn == 'torch' else knn} | "
+                  f"{r['time_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_gb']:.2f} | {r['load_start']:.1f} / "
+                  f"{r['load_end']:.1f} | {recall} |", flush=True)
+            for line in r.get("log", []):
+                print(f"    {method} {knn} log: {line}", flush=True)
+
+
 def run_config(args, config: str, knn: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--config", config, "--knn", knn, "--n", str(args.n),
            "--dim", str(args.dim), "--seed", str(args.seed), "--background", str(args.background), "--noise", str(args.noise),
            "--eps", str(args.eps), "--dir", args.dir, "--threads", str(args.threads), "--queries", str(args.queries)]
+    cmd += ["--knn-only"] if args.knn_only else []
     res = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if res.returncode:
         sys.stderr.write(res.stderr)
@@ -186,18 +242,28 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000, help="random queries of the recall measurement")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dir", default=tempfile.gettempdir(), help="where the float16 features and labels go")
+    p.add_argument("--knn-only", action="store_true",
+                   help="time the kNN search alone: exact (knn=torch) then knn=approx, at each clusterer's k")
+    p.add_argument("--knn-methods", default="dbscan,infomap",
+                   help="with --knn-only: whose k to search with (dbscan: Jaccard k1 = 30; infomap: k = 14)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", default="", help=argparse.SUPPRESS)
     p.add_argument("--knn", default="approx", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        print(json.dumps(knn_worker(args) if args.knn_only else worker(args)))
         return
+    if not set(args.knn_methods.split(",")) <= {"dbscan", "infomap"}:
+        raise SystemExit(f"--knn-methods={args.knn_methods}: expected a comma-separated subset of dbscan,infomap")
     t0 = time.perf_counter()
     features_file(args)
     truth = true_labels(args)
     print(f"\n{provenance()}\nN={args.n} D={args.dim} float16 features ({time.perf_counter() - t0:.0f}s to generate), "
           f"{np.sum(truth == -1)} background points, eps={args.eps}, threads={args.threads}\n")
+    if args.knn_only:
+        knn_only(args)
+        print(f"\nend: {provenance()}")
+        return
     print("| configuration | time (s) | kNN (s) | CPU time (s) | peak RSS (GB) | clusters | outliers | ARI vs truth | "
           "recall@k | recall background | recall clustered |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
