@@ -108,7 +108,7 @@ def test_vit_presets_map_the_published_commands():
                                          ("msmt17_vit_small_ics", 0.7, 128, 50)):
         cfg = compose_config([f"experiment={preset}"])
         backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-        assert backbone["arch"] == "vit_small_ics" and backbone["img_size"] == [256, 128]           # -a vit_small --conv-stem
+        assert backbone["arch"] == "vit_small_ics" and backbone["img_size"] == [256, 128]  # -a vit_small --conv-stem
         assert backbone["pretrained"].endswith("pretrained/vit_small_ics_cfs_lup.pth")            # -pp
         assert (backbone["hw_ratio"], backbone["drop_path"]) == (2, 0.3)                          # --hw-ratio 2
         assert list(cfg.input.mean) == list(cfg.input.std) == [0.5, 0.5, 0.5]                      # --self-norm

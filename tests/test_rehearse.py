@@ -51,5 +51,6 @@ def test_the_vit_command_measures_at_its_batch_and_extrapolates_the_presets(tmp_
     assert result["command"] == "vit" and result["title"].startswith("vit_small_ics at 32x16, batch 8")
     assert figures["step_batch"] == 8 and figures["batch"] == 256 and figures["step_img_s"] > 0
     assert figures["step_s"] == pytest.approx(figures["step_s_measured"] * 32)
-    assert rows["GPU memory at batch 256"]["kind"] == "extrapolated" and "SGD state" in rows["GPU memory at batch 256"]["notes"]
-    assert "vit_small_ics" in rows["model, memory and optimiser"]["notes"] and "SGD" in rows["model, memory and optimiser"]["notes"]
+    gpu, model = rows["GPU memory at batch 256"], rows["model, memory and optimiser"]
+    assert gpu["kind"] == "extrapolated" and "SGD state" in gpu["notes"]
+    assert "vit_small_ics" in model["notes"] and "SGD" in model["notes"]

@@ -161,7 +161,8 @@ def test_the_composed_config_alone_builds_the_model():
     assert isinstance(base.trunk.blocks[0].drop_path1, torch.nn.Identity)  # linear from 0 to drop_path
     assert base.trunk.blocks[1].drop_path1.drop_prob == pytest.approx(0.2)
     assert base.trunk.blocks[0].attn.qkv.bias is not None and base.trunk.norm.eps == 1e-6
-    small = instantiate(compose_config(["backbone=vit_small", "backbone.depth=1", "backbone.pretrained=false"]).backbone)
+    small = instantiate(compose_config(["backbone=vit_small", "backbone.depth=1",
+                                        "backbone.pretrained=false"]).backbone)
     assert sum(p.numel() for p in small.trunk.blocks[0].parameters()) == 1_774_464  # ViT-S's block
 
 

@@ -96,7 +96,8 @@ def settings_problems(arch: Any = "vit_small", img_size: Any = (256, 128), hw_ra
     if pretrained is True or str(pretrained).lower() in ("true", "imagenet"):
         problems.append(f"backbone.pretrained={pretrained}: no weights are downloaded for {arch}; set it to the path "
                         f"of a weight file (DINO/LUPerson, TransReID-SSL, PASS or timm layout) or to false")
-    elif check_file and pretrained not in (False, None) and str(pretrained).lower() not in ("false", "none", "", "synthetic") \
+    elif check_file and pretrained not in (False, None) \
+            and str(pretrained).lower() not in ("false", "none", "", "synthetic") \
             and not Path(str(pretrained)).expanduser().is_file():
         problems.append(f"backbone.pretrained: weight file {pretrained} does not exist")
     return problems
@@ -181,7 +182,8 @@ def build_vit(arch: str = "vit_small", *, img_size: Sequence[int] = (256, 128), 
     trunk = vision_transformer.VisionTransformer(
         img_size=tuple(img_size), patch_size=PATCH_SIZE, num_classes=0, global_pool="token", embed_dim=width,
         depth=depth or blocks, num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_path_rate=float(drop_path),
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), embed_layer=ConvStemEmbed if stem else vision_transformer.PatchEmbed)
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        embed_layer=ConvStemEmbed if stem else vision_transformer.PatchEmbed)
     if pretrained not in (False, None) and str(pretrained).lower() not in ("false", "none", ""):
         load_vit_weights(trunk, pretrained, hw_ratio=hw_ratio, strict=strict)
     return ViTEmbeddingNet(trunk, width, neck=neck)
