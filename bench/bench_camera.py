@@ -18,7 +18,9 @@ time from the library's own step timings.
 small CNN's 256-d features, 120 clusters x 6 cameras of proxies) and at the presets' 256 (2048-d, 5,000
 proxies: about MSMT17's 1,000 clusters x 5 cameras), against a measured training step of the model (small CNN
 at 64x32, batch 64; ResNet-50 at 256x128, measured at batch 32 and scaled linearly to 256: one batch of 256 on
-2 CPU cores takes minutes). No training on any dataset: fabricated batches only.
+2 CPU cores takes minutes). Batches are shaped like the sampler's (batch / K clusters of K images; K = 4 and
+16), and the memories' per-sample updates get the sampler's bound K. No training on any dataset: fabricated
+batches only.
 """
 
 from __future__ import annotations
@@ -133,22 +135,24 @@ def step(args) -> None:
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
 
-    def camera_terms(batch: int, dim: int, clusters: int, cameras: int) -> float:
+    def camera_terms(batch: int, dim: int, clusters: int, cameras: int, instances: int) -> float:
         n = clusters * cameras * 4
         labels = torch.arange(clusters).repeat_interleave(cameras * 4)
         cams = torch.arange(cameras).repeat_interleave(4).repeat(clusters)
         proxies = CameraProxies(dim)
         proxies.reset(F.normalize(torch.randn(n, dim, generator=g), dim=1), labels, cams)
-        pick = torch.randint(n, (batch,), generator=g)
+        # batches as the sampler makes them: batch / K clusters, K images each, from the cluster's cameras
+        chosen = torch.randperm(clusters, generator=g)[:batch // instances]
+        pick = (chosen[:, None] * cameras * 4 + torch.randint(cameras * 4, (len(chosen), instances), generator=g)).reshape(-1)
         features = torch.randn(batch, dim, generator=g, requires_grad=True)
 
         def run():
             intra, inter = proxies(features, labels[pick], cams[pick])
             (intra + 0.5 * inter).backward()
-            proxies.update(features.detach(), labels[pick], cams[pick], max_per_cluster=16)
+            proxies.update(features.detach(), labels[pick], cams[pick], max_per_cluster=instances)  # the sampler's K
         return _time(run, args.repeat)
 
-    def model_step(arch: str, batch: int, height: int, width: int, clusters: int) -> float:
+    def model_step(arch: str, batch: int, height: int, width: int, clusters: int, instances: int) -> float:
         model = build_model(arch, pretrained=False)
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=3.5e-4)
@@ -158,7 +162,7 @@ def step(args) -> None:
         memory = CentroidMemory(dim, clusters)
         memory.reset(F.normalize(torch.randn(clusters * 2, dim, generator=g), dim=1),
                      torch.arange(clusters).repeat(2))
-        targets = torch.randint(clusters, (batch,), generator=g)
+        targets = torch.randperm(clusters, generator=g)[:batch // instances].repeat_interleave(instances)
 
         def run():
             features = model(images)
@@ -166,16 +170,16 @@ def step(args) -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            memory.update(features.detach(), targets, 16)
+            memory.update(features.detach(), targets, instances)
         return _time(run, args.repeat)
 
     rows = []
-    small_step = model_step("small_cnn", 64, 64, 32, 120)
-    small_terms = camera_terms(64, 256, 120, 6)
+    small_step = model_step("small_cnn", 64, 64, 32, 120, 4)
+    small_terms = camera_terms(64, 256, 120, 6, 4)
     rows.append(("synthetic recipe: small CNN 64x32, batch 64", "measured", small_step, "256-d, 720 proxies", small_terms))
-    r50 = model_step("resnet50", args.r50_batch, 256, 128, 1000)
+    r50 = model_step("resnet50", args.r50_batch, 256, 128, 1000, 16)
     r50_256 = r50 * 256 / args.r50_batch
-    terms_256 = camera_terms(256, 2048, 1000, 5)
+    terms_256 = camera_terms(256, 2048, 1000, 5, 16)
     rows.append(("presets: ResNet-50 256x128, batch 256", f"batch {args.r50_batch} x {256 // args.r50_batch}",
                  r50_256, "2048-d, 5,000 proxies", terms_256))
     print("| step | model step (s) | how | camera terms (s) | terms | share of the step |")
