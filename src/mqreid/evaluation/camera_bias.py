@@ -1,5 +1,5 @@
 """How much a set's features follow cameras: the data-level statistics of the v2 benchmark's calibration
-(docs/benchmark-v2.md, S2, S3 and S5), on features with known identities and cameras.
+(docs/benchmark-v2.md, S2, S3, S5 and the report-only S5-linear), on features with known identities and cameras.
 
 All functions take ``features`` [N, D] (torch or numpy; compared by cosine similarity), ``pids`` [N] and
 ``cameras`` [N] (integers). Similarities are computed 1,024 rows at a time, so memory stays O(1,024 x N).
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["camera_probe", "camera_recall", "wrong_identity_camera_excess"]
+__all__ = ["camera_knn_vote", "camera_probe", "camera_recall", "wrong_identity_camera_excess"]
 
 _ROWS = 1024
 
@@ -87,8 +87,67 @@ def camera_recall(features, pids, cameras, k: int = 15) -> dict[str, float]:
     return {"same": r_same, "cross": r_cross, "gap": r_same - r_cross}
 
 
+def camera_knn_vote(features, pids, cameras, k: int = 15, centre: bool = False) -> dict[str, float]:
+    """S5 (as amended): how well the ``k`` most similar images *of other identities* tell an image's camera.
+
+    Each image's camera is predicted by the majority vote of its ``k`` nearest images of other identities
+    (cosine; ties: the camera, among the tied ones, of the most similar voter); returns the balanced accuracy
+    over all images and ``kappa`` = (accuracy - 1/C) / (1 - 1/C) for C cameras (0: chance, 1: perfect). A vote
+    that does not depend on the true camera scores 1/C in expectation whatever the cameras' frequencies.
+
+    ``centre``: camera-centre first, for the images of identity q with each camera's mean over the images of
+    the *other* identities (then L2-normalised; a camera that only q visits is left as it is). Means over all
+    images include the query and its own identity: every camera's centred images then sum to zero, so the
+    query's similarity to its own camera's other images is pushed below that to other cameras (by about
+    1/images per camera), which reads as below chance. With these means the voters of each camera sum to zero
+    instead, and chance stays chance. The vote is local (non-linear), so on centred features it sees what a
+    constant per-camera offset cannot carry: a camera-dependent rotation, scaling or light that interacts with
+    the image. The query's own identity is left out of the voters, otherwise the vote would read the cameras
+    that identity visits rather than the features' camera; what remains is a slight pull below chance where
+    identities keep to few cameras on small sets (their own camera has fewer voters left).
+
+    Written here rather than with scikit-learn's KNeighborsClassifier, which can neither leave out a
+    different set of candidates for each query nor centre per query identity. Cost: one similarity row per
+    image and one centring of all N features per identity."""
+    x, p, c = _inputs(features, pids, cameras)
+    cam_values, cam_index = torch.unique(c, return_inverse=True)
+    pid_values, pid_index = torch.unique(p, return_inverse=True)
+    num_cameras = len(cam_values)
+    if num_cameras < 2 or len(pid_values) < 2:
+        raise ValueError(f"camera_knn_vote: needs >= 2 cameras and >= 2 identities, got {num_cameras} and "
+                         f"{len(pid_values)}")
+    x64 = x.double()
+    sums = torch.zeros(num_cameras, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, cam_index, x64)
+    counts = torch.bincount(cam_index, minlength=num_cameras)
+    truth, predicted = [], []
+    for q in range(len(pid_values)):
+        mine = pid_index == q
+        if centre:
+            own_sums = torch.zeros_like(sums).index_add_(0, cam_index[mine], x64[mine])
+            others = counts - torch.bincount(cam_index[mine], minlength=num_cameras)
+            means = (sums - own_sums) / others.clamp(min=1)[:, None]
+            y = torch.nn.functional.normalize(x64 - means[cam_index], dim=1).float()
+        else:
+            y = x
+        sim = y[mine] @ y.T
+        sim[:, mine] = -float("inf")
+        top = sim.topk(min(k, int((~mine).sum())), dim=1)
+        voters = cam_index[top.indices]  # [n_q, k'], the most similar first
+        votes = torch.zeros(len(voters), num_cameras, dtype=torch.long, device=x.device)
+        votes.scatter_add_(1, voters, torch.ones_like(voters))
+        tied = (votes == votes.max(1, keepdim=True).values).gather(1, voters)
+        first = tied.long().argmax(1)  # the most similar voter whose camera is among the tied ones
+        predicted.append(voters[torch.arange(len(voters)), first])
+        truth.append(cam_index[mine])
+    truth_v, predicted_v = torch.cat(truth), torch.cat(predicted)
+    recall = [float((predicted_v[truth_v == cam] == cam).double().mean()) for cam in range(num_cameras)]
+    accuracy = sum(recall) / num_cameras  # balanced accuracy: the mean of the per-camera recalls
+    return {"balanced_accuracy": accuracy, "kappa": (accuracy - 1 / num_cameras) / (1 - 1 / num_cameras)}
+
+
 def camera_probe(features, pids, cameras, folds: int = 5, centre: bool = False) -> dict[str, float]:
-    """S5: how well a linear probe tells the camera from the features.
+    """S5-linear (report-only since the pre-registration's Amendment 1): how well a linear probe tells the camera
+    from the features.
 
     Multinomial logistic regression (scikit-learn, standardised features, default regularisation), ``folds``-
     fold cross-validation with the folds grouped by identity (no identity on both sides of a split); returns
