@@ -84,8 +84,10 @@ def test_auto_switches_above_the_threshold(monkeypatch, caplog):
     monkeypatch.setattr(knn_module, "AUTO_APPROX_ABOVE", 1000)
     with caplog.at_level(logging.INFO, logger="mqreid.cluster.knn"):
         assert resolve_backend("auto", 1000, 64).backend == "torch"
-        assert resolve_backend("auto", 1001, 64) == ("approx", "cpu", "auto: 1001 points > 1000", False)
-    assert "kNN backend: approx on cpu (auto: 1001 points > 1000)" in caplog.text
+        assert resolve_backend("auto", 1001, 64) == (
+            "approx", "cpu", "auto: approximate, 1001 points > the CPU switch point AUTO_APPROX_ABOVE = 1000", False)
+    assert ("kNN backend: approx on cpu (auto: approximate, 1001 points > the CPU switch point "
+            "AUTO_APPROX_ABOVE = 1000)") in caplog.text
     x, _ = clustered(n=1500)
     _, idx = knn_search(x, 10)  # auto -> approx
     assert recall(idx, knn_search(x, 10, backend="torch")[1]) >= 0.99
@@ -137,7 +139,8 @@ def test_choice_is_device_aware():
     """The choice is a pure function of (request, N, D, device type, faiss support): a GPU needs no
     GPU to be tested."""
     n, d = 10**6, 2048
-    assert choose_backend("auto", n, d, "cpu", "cpu")[:3] == ("approx", "cpu", "auto: 1000000 points > 100000")
+    assert choose_backend("auto", n, d, "cpu", "cpu")[:3] == (
+        "approx", "cpu", "auto: approximate, 1000000 points > the CPU switch point AUTO_APPROX_ABOVE = 200000")
     choice = choose_backend("auto", n, d, "cuda", "cpu")  # 2e15 multiply-adds: exact, on the GPU
     assert choice.backend == "torch" and choice.device == "cuda" and not choice.warn
     assert "exact on the device" in choice.reason and "2.0e+15" in choice.reason
@@ -156,6 +159,29 @@ def test_choice_is_device_aware():
         choose_backend("approx", n, d, "cpu", "none")
     with pytest.raises(ValueError, match="backend"):
         choose_backend("annoy", n, d)
+
+
+def test_auto_cpu_switch_point():
+    """``auto`` on the CPU: exact up to the measured switch point (200k points, at any D: exact and approx
+    broke even at the same N at D = 256 and 2048), approx above it; the reason names the threshold; an
+    explicit backend ignores it."""
+    assert knn_module.AUTO_APPROX_ABOVE == 200_000
+    for n, d in ((100_001, 256), (150_000, 2048), (200_000, 256), (200_000, 2048)):  # 100k was the old switch
+        choice = choose_backend("auto", n, d, "cpu", "cpu")
+        assert choice == ("torch", "cpu", f"auto: exact, {n} points <= the CPU switch point AUTO_APPROX_ABOVE = "
+                          "200000", False)
+    for d in (256, 2048):
+        choice = choose_backend("auto", 200_001, d, "cpu", "cpu")
+        assert choice[:2] == ("approx", "cpu") and not choice.warn
+        assert "200001 points > the CPU switch point AUTO_APPROX_ABOVE = 200000" in choice.reason
+    choice = choose_backend("auto", 200_001, 256, "cpu", "none")  # no faiss: exact, with the threshold and a warning
+    assert choice[:2] == ("torch", "cpu") and choice.warn and "AUTO_APPROX_ABOVE = 200000" in choice.reason
+    assert choose_backend("torch", 10**6, 2048, "cpu", "cpu")[:2] == ("torch", "cpu")
+    assert choose_backend("approx", 1000, 64, "cpu", "cpu")[:2] == ("approx", "cpu")
+    assert choose_backend("faiss", 10**6, 2048, "cpu", "cpu")[:2] == ("faiss", "cpu")
+    # on a GPU the CPU switch point does not apply, and faiss's GPU support does not change auto's choice
+    for support in ("none", "cpu", "gpu"):
+        assert choose_backend("auto", 10**6, 2048, "cuda", support)[:2] == ("torch", "cuda")
 
 
 def test_faiss_without_gpu_support_warns_for_cuda_features(monkeypatch, caplog):

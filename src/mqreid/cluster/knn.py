@@ -10,10 +10,11 @@ Backends (``knn=`` of the clusterers):
 - ``approx``: approximate, for N beyond exact reach (needs faiss), on the CPU: an inverted-file
   partition by faiss k-means, searched cell by cell with one GEMM per cell, then checked: rows
   whose lists may miss neighbours are searched further (:func:`_approx_candidates`).
-- ``auto``: on the CPU ``torch`` up to :data:`AUTO_APPROX_ABOVE` points (measured faster than
-  ``faiss``, which computes both triangles), above it ``approx`` when faiss imports, else ``torch``
-  with a warning giving the expected time. On an accelerator ``torch`` on the device up to
-  :data:`DEVICE_EXACT_MACS` multiply-adds (N^2 D), above it ``approx``.
+- ``auto``: on the CPU ``torch`` (measured faster than ``faiss``, which computes both triangles) up
+  to :data:`AUTO_APPROX_ABOVE` points, the measured switch point (see its comment), above it
+  ``approx`` when faiss imports, else ``torch`` with a warning giving the expected time. On an
+  accelerator ``torch`` on the device up to :data:`DEVICE_EXACT_MACS` multiply-adds (N^2 D), faiss
+  or not (a faiss GPU index is used only when asked for, ``faiss``), above it ``approx``.
 
 The choice is a pure function, :func:`choose_backend`, of the request, N, D, the device type and
 faiss's support; :func:`resolve_backend` logs it with the device and the reason.
@@ -46,9 +47,15 @@ Backend = Literal["auto", "faiss", "torch", "approx"]
 BACKENDS = ("auto", "faiss", "torch", "approx")
 FaissSupport = Literal["none", "cpu", "gpu"]
 _NORM_TOL = 1e-3
-# Largest N that ``auto`` searches exactly on the CPU: the exact kNN costs N^2 * D multiply-adds (upper
-# triangle), 2.6 min at 100k x 2048 on the 2-core development CPU and growing quadratically.
-AUTO_APPROX_ABOVE = 100_000
+# Largest N that ``auto`` searches exactly on the CPU, measured with ``bench/bench_scale.py --knn-only``
+# (table and settings in docs/clustering.md, "kNN backends"). The exact kNN costs N^2 D / 2 multiply-adds
+# (upper triangle); what ``approx`` costs depends on how many rows its check searches against all points.
+# On clustered features with 10% background (11-16% of rows searched in full) the two break even at 50k
+# points (D = 256 and D = 2048) and approx is 1.7x faster at 100k, 2.1x at 200k; on loose features
+# (noise 1.5: 88-94% of rows searched in full) approx is slower at every N (2.2x at 50k, 1.9x at 100k):
+# its full searches alone cost ~0.9 N^2 D. The switch is where the measured gain on clustered features
+# first covers the loss on loose ones.
+AUTO_APPROX_ABOVE = 200_000
 # Largest N^2 * D that ``auto`` searches exactly on an accelerator (full-width panels, both triangles):
 # at ~1e13 fp32 multiply-adds per second (an A100; an H100 is ~3x faster) 1M x 2048 (2e15) takes ~3.5 min
 # and this limit (~2.2M points at D = 2048, 6.2M at D = 256) ~17 min, about what the CPU cell search
@@ -218,11 +225,12 @@ def choose_backend(backend: str, n: int, dim: int, device: str = "cpu", faiss: F
         return KnnChoice("torch", device, f"auto: N^2 D = {macs:.1e} multiply-adds > {DEVICE_EXACT_MACS:.0e} would be "
                          f"approx, but faiss is not installed (pip install faiss-cpu): exact on the device, expect "
                          f"roughly {macs / _DEVICE_MACS / 60:.0f} min", warn=True)
+    switch = f"the CPU switch point AUTO_APPROX_ABOVE = {AUTO_APPROX_ABOVE}"
     if n <= AUTO_APPROX_ABOVE:
-        return KnnChoice("torch", "cpu", f"auto: exact, {n} points <= {AUTO_APPROX_ABOVE}")
+        return KnnChoice("torch", "cpu", f"auto: exact, {n} points <= {switch}")
     if faiss != "none":
-        return KnnChoice("approx", "cpu", f"auto: {n} points > {AUTO_APPROX_ABOVE}")
-    return KnnChoice("torch", "cpu", f"auto: exact for {n} points (above {AUTO_APPROX_ABOVE} it would be approx, but "
+        return KnnChoice("approx", "cpu", f"auto: approximate, {n} points > {switch}")
+    return KnnChoice("torch", "cpu", f"auto: exact for {n} points (above {switch} it would be approx, but "
                      f"faiss is not installed: pip install faiss-cpu); expect roughly "
                      f"{macs / _EXACT_FLOPS / 60:.0f} min", warn=True)
 
