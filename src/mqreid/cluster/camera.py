@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,3 +28,23 @@ def camera_centering(features: torch.Tensor, camids: torch.Tensor) -> torch.Tens
         sel = camids == c
         out[sel] -= out[sel].mean(0, keepdim=True)
     return F.normalize(out, dim=1)
+
+
+def permute_cameras(camids: np.ndarray, seed: int) -> np.ndarray:
+    """One uniform random permutation of the images' camera ids (the placebo of docs/benchmark-v2.md).
+
+    The ids are shuffled across images, not renamed: each "camera" keeps its number of images but no longer
+    holds one camera's images, so centring with them removes no camera effect. (Renaming the cameras would
+    leave centring unchanged.) Deterministic in ``seed`` (numpy's default generator).
+
+    Args:
+        camids: [N] camera of each image (any integers).
+        seed: an integer >= 0.
+
+    Returns:
+        [N] the same ids in a permuted order (a new array).
+    """
+    camids = np.asarray(camids)
+    if camids.ndim != 1:
+        raise ValueError(f"permute_cameras: expected camids [N], got shape {camids.shape}")
+    return np.random.default_rng(seed).permutation(camids)

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mqreid.cluster import camera_centering
+from mqreid.cluster import camera_centering, permute_cameras
 from mqreid.data.base import id_arrays
 from mqreid.data.loader import ImageCache, TrainLoader
 from mqreid.data.transforms import build_test_transform, build_train_transform, normalization, split_stages
@@ -355,8 +355,10 @@ class Trainer:
         if self.is_main:
             with distributed.main_works_alone(self.env, self.cores):
                 if self.cfg.train.camera_centering:
-                    cameras = torch.from_numpy(id_arrays(self.dataset.train)[1]).to(features.device)
-                    features = camera_centering(features, cameras)
+                    cameras = id_arrays(self.dataset.train)[1]
+                    if self.cfg.train.get("camera_permutation_seed") is not None:  # the placebo
+                        cameras = permute_cameras(cameras, self.cfg.train.camera_permutation_seed)
+                    features = camera_centering(features, torch.from_numpy(cameras).to(features.device))
                 camera_aware = {"cameras": id_arrays(self.dataset.train)[1], "first": epoch == 0} \
                     if getattr(self.clusterer, "camera_aware", False) else {}
                 labels = np.asarray(self.clusterer.fit_predict(features.to(self.device), **camera_aware), dtype=np.int64)

@@ -95,6 +95,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.deterministic", boolean, "true or false"),
     ("train.sync_bn", boolean, "true or false"),
     ("train.camera_centering", boolean, "true or false"),
+    ("train.camera_permutation_seed", lambda v: v is None or non_negative_int(v), "null or an integer >= 0"),
     ("train.cluster_gallery", boolean, "true or false"),
     ("eval.every", positive_int, "an integer >= 1 (evaluate every N epochs)"),
     ("eval.metric", lambda v: v in METRICS, f"one of {', '.join(METRICS)}"),
@@ -316,6 +317,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
     problems += backbone_problems(cfg)
     problems += _component_problems(cfg, optim_reported=any(p.startswith("optim.") for p in problems))
     problems += camera_id_problems(cfg)
+    if _value(cfg, "train.camera_permutation_seed") not in (None, "<missing>") and \
+            _value(cfg, "train.camera_centering") is False:  # the placebo permutes the ids centring uses
+        problems.append(f"train.camera_permutation_seed={_value(cfg, 'train.camera_permutation_seed')}: "
+                        "acts only with train.camera_centering=true (it permutes the camera ids centring uses)")
     return problems
 
 
