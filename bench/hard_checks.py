@@ -6,6 +6,7 @@
     python bench/hard_checks.py run --only hard/baseline hard/H1
     python bench/hard_checks.py report                   # the checks table from the jobs that finished
     python bench/hard_checks.py report --runs bench/results/checks   # from the records kept in the repository
+    python bench/hard_checks.py report --v2              # benchmark v2: the calibration and checks tables
 
 The grid is one factor at a time against a shared baseline (the synthetic recipe: DBSCAN, multi-queue, fixed
 T = 0.05, camera centring on). Each setting of each set is one ``bench/ablation.py --sweep checks`` into
@@ -235,8 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, default=RUNS,
                     help="the grid's folder (default: bench/runs/checks; bench/results/checks holds the records of "
                          "the jobs behind docs/benchmark-hard.md: results, metrics and Hydra configs)")
+    ap.add_argument("--v2", action="store_true",
+                    help="report: benchmark v2's tables (docs/benchmark-v2.md) from bench/results/v2: the calibration "
+                         "(bench/v2_calibration.py report) and the held-out checks (bench/v2_checks.py report)")
     args = ap.parse_args(argv)
     RUNS = args.runs.resolve()
+    if args.v2:
+        if args.command != "report":
+            ap.error("--v2 goes with report")
+        import v2_calibration  # bench/
+        import v2_checks
+
+        status = v2_calibration.main(["report"])
+        print()
+        return max(status, v2_checks.report(v2_checks.RECORDS))
     if args.lanes < 1:
         ap.error("--lanes must be >= 1")
     if args.command == "report":

@@ -268,7 +268,7 @@ def report(args) -> int:
             if row is None:
                 continue
             seeds = f"{row['seeds']}" + (" (partial)" if not row.get("stats_complete", True) else "")
-            runs = f"{row['runs']}" + (" (partial)" if not row.get("runs_complete", True) else "")
+            runs = f"{row['runs']}" + (" (partial)" if row["runs"] and not row.get("runs_complete", True) else "")
             print(f"| {name} | {s} | {seeds} | {fmt(row['S2'])} ({fmt(row['S2c'])}) | {fmt(row['R_same'])} / "
                   f"{fmt(row['R_cross'])} / {fmt(row['S3'])} | {fmt(row['S4'])} | {fmt(row['S5'])} "
                   f"({fmt(row['S5lin'])}) | {runs} | {fmt(row['initial'], '.1f')} -> {fmt(row['final'], '.1f')} |")

@@ -1,0 +1,369 @@
+"""The held-out checks of synthetic benchmark v2 (docs/benchmark-v2.md): their tables, reprinted from records.
+
+    python bench/v2_checks.py report                                  # from bench/results/v2/checks
+    python bench/v2_checks.py report --records bench/runs/v2/checks   # from a grid's run folders
+    python bench/hard_checks.py report --v2                           # the same, with the calibration table
+
+Records: one job folder per set, arm and dataset seed, ``<records>/<D|H>/<arm>/<anything>/`` holding
+``.hydra/overrides.yaml`` (with ``dataset.seed=N``), ``results.json`` and ``metrics.jsonl``, and optionally
+``settings.json`` (the job's settings: commit, date, machine, load, command, ``start`` and ``end`` in Unix
+seconds). The arms are those of the pre-registration: ``baseline``, ``HC1``, ``HC2``, ``placebo``, ``R1`` and
+``R2`` (InfoMap; its DBSCAN arm at eps* is ``R2-dbscan``, or the baseline where that folder is absent: eps*
+equal to the recipe's eps). Nothing is trained here.
+
+The analysis is the pre-registered one: per check and set the paired differences arm - baseline over the
+dataset seeds (10-15), their mean, SE, paired t (n - 1 degrees of freedom) with its 95 % interval, and an exact
+sign-flip test over all 2^n assignments (scipy's ``permutation_test``); the interaction I = Δ_H - Δ_D with a
+Welch interval; Holm over HC1 and HC2, each check's p the largest of its three one-sided p-values; the
+agreement and wrong-way rules; the placebo's and R1's equivalence (paired 90 % interval within ±2 mAP); the
+stopping rule. A check, the placebo or the stopping rule gets a verdict only from complete records (every
+dataset seed of every cell it needs); otherwise the report says PARTIAL and gives none.
+
+How this script reads the wrong-way rule (written with it, before any grid job): a check's wrong-way p is
+the smaller of (a) the larger of the paired-t and sign-flip one-sided p for Δ_H < 0 and (b) the Welch
+one-sided p for I < 0 when Δ_D > 0 (else 1); Holm runs over HC1 and HC2 on these p as on the agreement p.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mqreid.tools.report import Job, find_jobs, mean_std, override_key, override_value
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "bench" / "results" / "v2" / "checks"
+SEEDS = (10, 11, 12, 13, 14, 15)
+SETS = {"D": "Market-like (synthetic_v2)", "H": "MSMT-like (synthetic_v2_hard)"}
+ALPHA = 0.05
+MARGIN = 2.0  # mAP: the equivalence margin of the placebo and R1
+# check -> (arm, the arm it is compared with, what it is, the published gains Market-1501 / MSMT17)
+CHECKS = {
+    "HC1": ("HC1", "baseline", "camera-aware proxies (camera=proxies)",
+            "PPLR +2.9 / +10.8; ICE +2.8 / +9.1"),
+    "HC2": ("HC2", "baseline", "instance-norm small CNN, its own warm start",
+            "IBN-ResNet-50 in Cluster Contrast +1.5 / +7.8"),
+    "placebo": ("placebo", "baseline", "centring with permuted camera ids", "none: null expected"),
+    "R1": ("R1", "baseline", "centroid memory against multi-queue (report-only)", "82.6 vs 82.8 / 35.5 vs 34.7"),
+    "R2": ("R2", "R2-dbscan", "InfoMap against DBSCAN at eps* (report-only)", "82.5 vs 82.8 / 35.0 vs 34.7"),
+}
+HELD_OUT = ("HC1", "HC2")
+HELD_OUT_CELLS = ("baseline", "HC1", "HC2", "placebo")
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+@dataclass
+class Paired:
+    """Paired differences arm - baseline over the dataset seeds both hold (NaN where undefined)."""
+
+    seeds: list[int]
+    d: list[float]
+    mean: float
+    sd: float
+    se: float
+    ci95: tuple[float, float]
+    ci90: tuple[float, float]
+    p_t_greater: float
+    p_t_less: float
+    p_flip_greater: float
+    p_flip_less: float
+
+    @property
+    def n(self) -> int:
+        return len(self.d)
+
+
+def paired(arm: dict[int, float], base: dict[int, float]) -> Paired:
+    """Mean, SE = sd / sqrt(n), paired-t intervals and one-sided p, and the exact sign-flip p (the statistic
+    is the mean; every one of the 2^n sign assignments counted, the observed one included)."""
+    from scipy import stats
+
+    seeds = sorted(s for s in set(arm) & set(base) if math.isfinite(arm[s]) and math.isfinite(base[s]))
+    d = np.array([arm[s] - base[s] for s in seeds], dtype=np.float64)
+    nan2 = (math.nan, math.nan)
+    if len(d) < 2:
+        return Paired(seeds, d.tolist(), float(d.mean()) if len(d) else math.nan, math.nan, math.nan, nan2, nan2,
+                      math.nan, math.nan, math.nan, math.nan)
+    sd = float(d.std(ddof=1))
+    t_test = stats.ttest_1samp(d, 0.0)
+    ci95, ci90 = (tuple(map(float, t_test.confidence_interval(c))) for c in (0.95, 0.90))
+    if sd == 0:  # no spread: t is undefined (scipy warns); the intervals collapse to the mean
+        p_t = (math.nan, math.nan)
+    else:
+        p_t = tuple(float(stats.ttest_1samp(d, 0.0, alternative=a).pvalue) for a in ("greater", "less"))
+    p_flip = tuple(float(stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                                alternative=a).pvalue) for a in ("greater", "less"))
+    return Paired(seeds, d.tolist(), float(d.mean()), sd, sd / math.sqrt(len(d)), ci95, ci90, *p_t, *p_flip)
+
+
+@dataclass
+class Interaction:
+    """I = Δ_H - Δ_D with Welch's interval (Welch-Satterthwaite degrees of freedom) and one-sided p."""
+
+    mean: float
+    se: float
+    df: float
+    ci95: tuple[float, float]
+    p_greater: float
+    p_less: float
+
+
+def interaction(hard: Paired, default: Paired) -> Interaction:
+    from scipy import stats
+
+    nan2 = (math.nan, math.nan)
+    if hard.n < 2 or default.n < 2 or hard.sd + default.sd == 0:
+        return Interaction(hard.mean - default.mean, math.nan, math.nan, nan2, math.nan, math.nan)
+    two = stats.ttest_ind(hard.d, default.d, equal_var=False)
+    p = [float(stats.ttest_ind(hard.d, default.d, equal_var=False, alternative=a).pvalue) for a in ("greater", "less")]
+    se = math.sqrt(hard.sd ** 2 / hard.n + default.sd ** 2 / default.n)
+    return Interaction(hard.mean - default.mean, se, float(two.df), tuple(map(float, two.confidence_interval(0.95))),
+                       *p)
+
+
+def holm(p: dict[str, float], alpha: float = ALPHA) -> dict[str, float | None]:
+    """Holm's step-down levels: check -> the level its p is compared with, None when it is not tested (a
+    smaller p failed before it). A NaN p counts as 1."""
+    clean = {k: (v if math.isfinite(v) else 1.0) for k, v in p.items()}
+    levels: dict[str, float | None] = {}
+    testing = True
+    for i, name in enumerate(sorted(clean, key=lambda k: (clean[k], k))):
+        levels[name] = alpha / (len(clean) - i) if testing else None
+        testing = testing and clean[name] < levels[name]
+    return levels
+
+
+def _below(p: float, level: float | None) -> bool:
+    return level is not None and math.isfinite(p) and p < level
+
+
+def agreement_p(hard: Paired, inter: Interaction) -> float:
+    """The intersection-union p of a check: the largest of its three one-sided p-values (NaN counts as 1)."""
+    return max((x if math.isfinite(x) else 1.0) for x in (hard.p_t_greater, hard.p_flip_greater, inter.p_greater))
+
+
+def wrong_way_p(hard: Paired, default: Paired, inter: Interaction) -> float:
+    """This script's reading of the wrong-way rule (see the module docstring)."""
+    one = lambda x: x if math.isfinite(x) else 1.0  # noqa: E731
+    drop = max(one(hard.p_t_less), one(hard.p_flip_less))
+    reversed_gain = one(inter.p_less) if default.mean > 0 else 1.0
+    return min(drop, reversed_gain)
+
+
+def agreement(hard: Paired, default: Paired, inter: Interaction, level: float | None) -> dict[str, bool]:
+    """The three conditions of a check's agreement with real data, each on its own."""
+    return {"Δ_H > 0 resolved": hard.mean > 0 and _below(hard.p_t_greater, level) and
+            _below(hard.p_flip_greater, level),
+            "interaction > 0": _below(inter.p_greater, level),
+            "relative scale": hard.mean >= 2 * default.mean and default.ci95[1] >= 0}
+
+
+def wrong_way(hard: Paired, default: Paired, inter: Interaction, level: float | None) -> bool:
+    drop = _below(hard.p_t_less, level) and _below(hard.p_flip_less, level)
+    return drop or (_below(inter.p_less, level) and default.mean > 0)
+
+
+def equivalent(d: Paired, margin: float = MARGIN) -> bool:
+    """The paired 90 % interval lies within ±margin (two one-sided tests at 5 %)."""
+    lo, hi = d.ci90
+    return math.isfinite(lo) and math.isfinite(hi) and -margin < lo and hi < margin
+
+
+# ---------------------------------------------------------------------------------------------- records
+def dataset_seed(job: Job) -> int | None:
+    """The job's ``dataset.seed`` (its last override, else the Hydra config's)."""
+    seeds = [override_value(o) for o in job.overrides if override_key(o) == "dataset.seed"]
+    if not seeds:
+        import yaml
+
+        try:
+            cfg = yaml.safe_load((job.path / ".hydra" / "config.yaml").read_text())
+            seeds = [str(cfg["dataset"]["seed"])]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            return None
+    try:
+        return int(seeds[-1])
+    except ValueError:
+        return None
+
+
+def load(records: Path) -> dict[tuple[str, str], list[Job]]:
+    """(set, arm) -> the finished jobs under ``records/<set>/<arm>/``."""
+    cells = {}
+    for set_name in SETS:
+        folder = records / set_name
+        for arm_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+            cells[set_name, arm_dir.name] = [j for j in find_jobs(arm_dir) if j.finished]
+    return cells
+
+
+def per_seed(jobs: list[Job]) -> dict[int, float]:
+    out = {}
+    for job in jobs:
+        seed = dataset_seed(job)
+        if seed is not None:
+            if seed in out:
+                raise SystemExit(f"error: two records of dataset seed {seed} in {job.path.parent}: keep one")
+            out[seed] = job.value("final", "mAP")
+    return out
+
+
+def complete(values: dict[int, float]) -> bool:
+    return all(s in values and math.isfinite(values[s]) for s in SEEDS)
+
+
+def job_settings(job: Job) -> dict:
+    path = job.path / "settings.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def machine_hours(jobs: list[Job]) -> tuple[float, int]:
+    """Hours during which at least one job ran (the union of the jobs' [start, end] from their settings.json,
+    so separate batches add up and parallel lanes count once), and how many jobs had no times."""
+    spans = sorted((s["start"], s["end"]) for s in map(job_settings, jobs)
+                   if isinstance(s.get("start"), (int, float)) and isinstance(s.get("end"), (int, float)))
+    total, cur = 0.0, None
+    for start, end in spans:
+        if cur is None or start > cur[1]:
+            total += (cur[1] - cur[0]) if cur else 0.0
+            cur = [start, end]
+        else:
+            cur[1] = max(cur[1], end)
+    total += (cur[1] - cur[0]) if cur else 0.0
+    return total / 3600, len(jobs) - len(spans)
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def fmt(x: float, spec: str = "+.2f") -> str:
+    return "–" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def interval(ci: tuple[float, float]) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def report(records: Path = RECORDS) -> int:
+    from v2_calibration import settings  # bench/: the settings line of the calibration's records
+
+    if not records.is_dir():
+        print(f"no records under {records}")
+        return 1
+    cells = load(records)
+    values = {key: per_seed(jobs) for key, jobs in cells.items()}
+    print(f"settings: {json.dumps(settings(sys.argv))} (machine shared with other work: the load is as measured)")
+    print(f"records: {records}; dataset seeds {SEEDS[0]}-{SEEDS[-1]}, training seed 0\n")
+    print("| set | arm | dataset seeds | final mAP (mean ± sd) | record commits |")
+    print("|---|---|---|---|---|")
+    order = ["baseline", "HC1", "HC2", "placebo", "R1", "R2-dbscan", "R2"]
+    rank = lambda key: (key[0], order.index(key[1]) if key[1] in order else len(order), key[1])  # noqa: E731
+    for (set_name, arm), jobs in sorted(cells.items(), key=rank):
+        stat = mean_std(values[set_name, arm].values())
+        commits = sorted({str(job_settings(j).get("commit", "?"))[:7] for j in jobs})
+        tag = "" if complete(values[set_name, arm]) else " (PARTIAL)"
+        print(f"| {set_name} | {arm} | {stat.count} of {len(SEEDS)}{tag} | {fmt(stat.mean, '.1f')} ± "
+              f"{fmt(stat.std, '.1f')} | {', '.join(commits)} |")
+
+    def cell(set_name: str, arm: str) -> dict[int, float]:
+        if arm == "R2-dbscan" and (set_name, arm) not in values:
+            arm = "baseline"  # eps* equal to the recipe's eps: the baseline is R2's DBSCAN arm
+        return values.get((set_name, arm), {})
+
+    results = {}
+    for name, (arm, base, _, _) in CHECKS.items():
+        d = {s: paired(cell(s, arm), cell(s, base)) for s in SETS}
+        full = all(complete(cell(s, arm)) and complete(cell(s, base)) for s in SETS)
+        results[name] = (d, interaction(d["H"], d["D"]), full)
+    levels = holm({c: agreement_p(results[c][0]["H"], results[c][1]) for c in HELD_OUT})
+    wrong_levels = holm({c: wrong_way_p(results[c][0]["H"], results[c][0]["D"], results[c][1]) for c in HELD_OUT})
+
+    print("\n| check | set | pairs | Δ mAP | SE | 95 % interval | p t (> 0 / < 0) | p sign-flip (> 0 / < 0) | "
+          "published |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, (d, inter, _) in results.items():
+        what, published = CHECKS[name][2], CHECKS[name][3]
+        for s in ("D", "H"):
+            x = d[s]
+            print(f"| {name} {what} | {s} | {x.n} | {fmt(x.mean)} | {fmt(x.se, '.2f')} | {interval(x.ci95)} | "
+                  f"{fmt(x.p_t_greater, '.3f')} / {fmt(x.p_t_less, '.3f')} | {fmt(x.p_flip_greater, '.3f')} / "
+                  f"{fmt(x.p_flip_less, '.3f')} | {published} |")
+        print(f"| {name} interaction Δ_H - Δ_D | Welch, df {fmt(inter.df, '.1f')} | | {fmt(inter.mean)} | "
+              f"{fmt(inter.se, '.2f')} | {interval(inter.ci95)} | {fmt(inter.p_greater, '.3f')} / "
+              f"{fmt(inter.p_less, '.3f')} | | |")
+
+    print("\n| held-out check | p (largest one-sided) | Holm level | Δ_H > 0 resolved | interaction > 0 | "
+          "relative scale | wrong way | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
+    verdicts = {}
+    for name in HELD_OUT:
+        d, inter, full = results[name]
+        conditions = agreement(d["H"], d["D"], inter, levels[name])
+        wrong = wrong_way(d["H"], d["D"], inter, wrong_levels[name])
+        if not full:
+            verdict = "PARTIAL records: no verdict"
+        elif all(conditions.values()):
+            verdict = "agrees"
+        elif wrong:
+            verdict = "resolves the wrong way"
+        else:
+            verdict = "does not agree"
+        verdicts[name] = verdict
+        level = "not tested" if levels[name] is None else f"{levels[name]:.3f}"
+        flags = " | ".join("yes" if ok else "no" for ok in conditions.values())
+        print(f"| {name} | {fmt(agreement_p(d['H'], inter), '.3f')} | {level} | {flags} | "
+              f"{'yes' if wrong else 'no'} | {verdict} |")
+
+    print("\n| equivalence (paired 90 % interval within ±2 mAP) | D | H | reading |")
+    print("|---|---|---|---|")
+    for name in ("placebo", "R1"):
+        d, _, full = results[name]
+        both = all(equivalent(d[s]) for s in SETS)
+        if not full:
+            reading = "PARTIAL records: no reading"
+        elif name == "placebo":
+            reading = "null on both sets" if both else "not shown null"
+        else:
+            reading = "level, as real data" if both else "not shown"
+        verdicts[name] = reading
+        print(f"| {name} | {interval(d['D'].ci90)} | {interval(d['H'].ci90)} | {reading} |")
+
+    held_out_full = all(complete(values.get((s, arm), {})) for s in SETS for arm in HELD_OUT_CELLS)
+    print()
+    if not held_out_full:
+        missing = [f"{s}/{arm}" for s in SETS for arm in HELD_OUT_CELLS if not complete(values.get((s, arm), {}))]
+        print(f"predictiveness: no verdict: the held-out cells are not complete ({', '.join(missing)})")
+    elif any(verdicts[c] == "resolves the wrong way" for c in HELD_OUT):
+        print("predictiveness: v2 is NOT PREDICTIVE for camera and style ideas (a held-out check resolves the "
+              "wrong way); the work stops here")
+    elif all(verdicts[c] == "agrees" for c in HELD_OUT) and verdicts["placebo"] == "null on both sets":
+        print("predictiveness: v2 is predictive for camera and style ideas (HC1 and HC2 agree, the placebo is null)")
+    else:
+        failed = [f"{c}: {verdicts[c]}" for c in (*HELD_OUT, "placebo")
+                  if verdicts[c] not in ("agrees", "null on both sets")]
+        print(f"predictiveness: v2 is not shown to be predictive ({'; '.join(failed)})")
+    jobs = [j for js in cells.values() for j in js]
+    hours, untimed = machine_hours(jobs)
+    print(f"grid machine time: {hours:.2f} h (hours with at least one job running) from {len(jobs) - untimed} timed "
+          f"jobs{f'; {untimed} jobs without times not counted' if untimed else ''}; the budget: 10 h for the "
+          "calibration and the grid together")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("report",))
+    ap.add_argument("--records", type=Path, default=RECORDS, help="the grid's records (default: %(default)s)")
+    args = ap.parse_args(argv)
+    return report(args.records.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

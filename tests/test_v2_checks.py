@@ -1,0 +1,131 @@
+"""bench/v2_checks.py: the pre-registered analysis of the v2 held-out checks (docs/benchmark-v2.md), against
+explicit formulas and on fabricated records (nothing is rendered or trained here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("v2_checks", REPO / "bench" / "v2_checks.py")
+checks = importlib.util.module_from_spec(spec)
+sys.modules["v2_checks"] = checks  # dataclasses look their module up
+spec.loader.exec_module(checks)
+
+
+def test_paired_matches_explicit_formulas():
+    base = {s: 50.0 + s for s in checks.SEEDS}
+    d = [1.0, -0.5, 2.0, 0.3, 1.2, -0.1]
+    arm = {s: base[s] + x for s, x in zip(checks.SEEDS, d)}
+    arm[99] = 1.0  # a seed without a baseline is not paired
+    x = checks.paired(arm, base)
+    n, mean, sd = 6, np.mean(d), np.std(d, ddof=1)
+    se = sd / math.sqrt(n)
+    assert x.n == n and x.mean == pytest.approx(mean) and x.se == pytest.approx(se)
+    half = stats.t.ppf(0.975, n - 1) * se
+    assert x.ci95 == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert x.ci90[1] == pytest.approx(mean + stats.t.ppf(0.95, n - 1) * se)
+    assert x.p_t_greater == pytest.approx(stats.t.sf(mean / se, n - 1))
+    assert x.p_t_less == pytest.approx(stats.t.cdf(mean / se, n - 1))
+    flips = [np.mean(np.array(d) * np.array(s)) for s in itertools.product((1, -1), repeat=n)]
+    assert x.p_flip_greater == pytest.approx(np.mean([f >= mean - 1e-12 for f in flips]))
+    assert x.p_flip_less == pytest.approx(np.mean([f <= mean + 1e-12 for f in flips]))
+    always_up = checks.paired({s: base[s] + 1 + 0.1 * s for s in checks.SEEDS}, base)
+    assert always_up.p_flip_greater == pytest.approx(1 / 64)  # the smallest p six pairs can give
+
+
+def test_interaction_is_welch():
+    hard = checks.paired({s: v for s, v in enumerate([8, 10, 9, 12, 7, 11])}, {s: 0.0 for s in range(6)})
+    easy = checks.paired({s: v for s, v in enumerate([1, 2, 0, 3, 1, 2])}, {s: 0.0 for s in range(6)})
+    inter = checks.interaction(hard, easy)
+    va, vb = np.var([8, 10, 9, 12, 7, 11], ddof=1) / 6, np.var([1, 2, 0, 3, 1, 2], ddof=1) / 6
+    df = (va + vb) ** 2 / (va ** 2 / 5 + vb ** 2 / 5)
+    se = math.sqrt(va + vb)
+    assert inter.mean == pytest.approx(8.0) and inter.se == pytest.approx(se) and inter.df == pytest.approx(df)
+    assert inter.ci95[0] == pytest.approx(8.0 - stats.t.ppf(0.975, df) * se)
+    assert inter.p_greater == pytest.approx(stats.t.sf(8.0 / se, df))
+
+
+def test_holm_steps_down():
+    assert checks.holm({"HC1": 0.01, "HC2": 0.04}) == {"HC1": 0.025, "HC2": 0.05}
+    assert checks.holm({"HC1": 0.03, "HC2": 0.04}) == {"HC1": 0.025, "HC2": None}  # the larger is not tested
+    assert checks.holm({"HC1": math.nan, "HC2": 0.001}) == {"HC2": 0.025, "HC1": 0.05}
+
+
+def job(root, set_name, arm, seed, mam, start=None):
+    folder = root / set_name / arm / f"dseed{seed}"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- dataset.seed={seed}\n- seed=0\n")
+    (folder / "results.json").write_text(json.dumps({"initial": {"mAP": 10.0}, "final": {"mAP": mam}}))
+    if start is not None:
+        (folder / "settings.json").write_text(json.dumps({"commit": "abcdef0123", "start": start,
+                                                          "end": start + 1800}))
+
+
+def fabricated_grid(root, hc2_gain_hard):
+    rng = np.random.default_rng(0)
+    for k, seed in enumerate(checks.SEEDS):
+        base = {"D": 60 + rng.normal(), "H": 25 + rng.normal()}
+        gains = {"HC1": {"D": 1.5, "H": 9.0}, "HC2": {"D": 1.0, "H": hc2_gain_hard},
+                 "placebo": {"D": 0.0, "H": 0.0}, "R1": {"D": 0.2, "H": -0.3}, "R2": {"D": 0.5, "H": 1.0}}
+        for s in ("D", "H"):
+            job(root, s, "baseline", seed, base[s], start=3600 * k)
+            for arm, gain in gains.items():
+                job(root, s, arm, seed, base[s] + gain[s] + 0.3 * rng.normal(), start=3600 * k + 600)
+    return root
+
+
+def test_report_from_fabricated_records(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    root = fabricated_grid(tmp_path / "grid", hc2_gain_hard=-3.0)
+    assert checks.main(["report", "--records", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| D | baseline | 6 of 6 |" in out and "abcdef0" in out
+    assert "| HC1 | " in out and "agrees |" in out.split("\n| HC1 | ")[1].splitlines()[0]
+    assert "resolves the wrong way |" in out.split("\n| HC2 | ")[1].splitlines()[0]
+    assert "| placebo |" in out and "null on both sets" in out and "level, as real data" in out
+    assert "v2 is NOT PREDICTIVE" in out
+    # 6 x (the baseline's half hour, then the arms' from 10 min in to 40 min): 40 min of each hour
+    assert "grid machine time: 4.00 h" in out
+
+
+def test_report_gives_no_verdict_on_partial_records(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    root = fabricated_grid(tmp_path / "grid", hc2_gain_hard=8.0)
+    for path in (root / "H" / "HC2" / "dseed15").iterdir():
+        if path.is_file():
+            path.unlink()
+    assert checks.main(["report", "--records", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "| H | HC2 | 5 of 6 (PARTIAL) |" in out
+    assert "PARTIAL records: no verdict" in out.split("\n| HC2 | ")[1].splitlines()[0]
+    assert "predictiveness: no verdict: the held-out cells are not complete (H/HC2)" in out
+    assert "v2 is predictive" not in out and "NOT PREDICTIVE" not in out
+
+
+def test_hard_checks_reprints_both_v2_tables(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import hard_checks
+    import v2_calibration
+    import v2_checks
+
+    calibration = tmp_path / "calibration"
+    for seed in (0, 1, 2):
+        v2_calibration.write_json(calibration / "v1" / "D" / f"stats_seed{seed}.json", {
+            "S2_excess": 0.3, "S2_excess_centred": 0.1, "S3_raw": {"same": 0.9, "cross": 0.6, "gap": 0.3},
+            "S4_closure": 0.6, "S5_knn": {"kappa": 0.2}, "S5_probe": {"kappa": 0.0}})
+    (calibration / "v1" / "candidate.json").write_text("{}")
+    monkeypatch.setattr(v2_calibration, "RECORDS", calibration)
+    monkeypatch.setattr(v2_checks, "RECORDS", fabricated_grid(tmp_path / "checks", hc2_gain_hard=8.0))
+    assert hard_checks.main(["report", "--v2"]) == 0
+    out = capsys.readouterr().out
+    assert "| v1 | D | 3 | 0.300 (0.100) | 0.900 / 0.600 / 0.300 | 0.600 | 0.200 (0.000) | 0 |" in out
+    assert "| H | HC2 | 6 of 6 |" in out and "predictiveness: " in out
