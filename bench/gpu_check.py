@@ -96,10 +96,10 @@ SMOKE_BUDGET_S = 3300  # --smoke: the caps only catch a hang on a small, possibl
 SECTIONS: dict[str, tuple[int, int]] = {
     "environment": (20, 120),
     "bn_span": (40, 240),
-    "e2e": (85, 480),
+    "e2e": (90, 480),
     "sync": (30, 240),
     "shapes": (85, 480),
-    "torchrun": (45, 300),
+    "torchrun": (40, 300),
     "resume": (55, 600),
     "cluster": (50, 240),
     "eval": (25, 120),
@@ -113,9 +113,10 @@ SMOKE_LEAVES_OUT = "repeats code run in smoke mode and is slow on a CPU: run on 
 BN_TOL = {"fp32": 1e-4, "bf16": 2e-2}  # relative error of a BatchNorm group spread over ranks vs one process
 # the same for a whole backbone (fp32, TF32 off). Its gradients carry float32 rounding amplified by cancellation
 # in the backward pass of the BatchNorm before the pooling (the gradient there is nearly constant over the
-# image): 1.5e-3 measured for small_cnn on the CPU. Statistics not shared between the ranks (the fault this
-# looks for) give errors of 0.48 (features), 1.1 (gradients) and 0.012 (running statistics) there.
-MODEL_TOL = {"features": 1e-3, "running statistics": 1e-3, "gradients": 5e-2}
+# image): up to 7e-3 for a single tensor of small_cnn on the CPU, whose gradient is nearly zero, so the gradients are
+# compared as one vector. Statistics not shared between the ranks (the fault this looks for) give errors of 0.48
+# (features), 0.57 (gradients) and 0.012 (running statistics) there.
+MODEL_TOL = {"features": 1e-3, "running statistics": 1e-3, "gradients": 1e-2}
 COSINE_MIN = {"bf16": 0.99, "fp16": 0.999}   # same weights: each image's feature against fp32's
 SAME_WEIGHTS_MAP = {"bf16": 1.0, "fp16": 0.5}  # same weights: |mAP - fp32's mAP|, points
 LOSS_TOL = 1e-6           # resumed run: loss equal to this
@@ -465,14 +466,11 @@ def no_tf32() -> None:
 
 
 def relative_error(a, b) -> float:
-    """max |a - b| / max |b| (float64; 0 when both are zero)."""
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    """max |a - b| / max |b| (float64, on ``b``'s device; 0 when both are zero)."""
+    b = b.detach().double()
+    a = a.detach().to(b.device).double()
     scale = float(b.abs().max()) if b.numel() else 0.0
     return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max() if a.numel() else 0.0)
-
-
-def train_command(overrides: list[str], run_dir: Path) -> list[str]:
-    return [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"]
 
 
 def warm_start_overrides(ctx: Context, r: Report) -> list[str]:
@@ -662,26 +660,27 @@ def section_environment(r: Report, ctx: Context) -> None:
                                                                       f"{choice.reason}")
     except Exception as err:  # noqa: BLE001 - an informative row only
         r.info("knn=auto", f"not reported ({type(err).__name__}: {err})")
+    from importlib.metadata import PackageNotFoundError, version
+
     for module in ("timm", "onnxscript", "onnxruntime"):
-        spec = importlib.util.find_spec(module)
         value = "not installed"
-        if spec is not None:
-            mod = importlib.import_module(module)
-            value = getattr(mod, "__version__", "?")
+        if importlib.util.find_spec(module) is not None:
+            with contextlib.suppress(PackageNotFoundError):  # the version without importing the module
+                value = version(module)
             if module == "onnxruntime":
-                value += f", providers {', '.join(mod.get_available_providers())}"
+                value += f", providers {', '.join(importlib.import_module(module).get_available_providers())}"
         r.info(module, value)
 
 
 # ----- bn_span: BatchNorm groups spread over processes, on one device
 def bn_layer_cases(smoke: bool) -> list[dict]:
-    """The single-layer cases: one BatchNorm group of ``batch`` images spread over the ranks. On the GPU the
-    shape is ResNet-50's first stage at 256x128 and a group of 64 (the presets' BatchNorm group; 32 images per
-    rank, the 8-GPU preset), and the BN neck's [64, 2048]."""
+    """The single-layer cases: one BatchNorm group of ``batch`` images spread over the ranks. On the GPU a group
+    of 64 (the presets' BatchNorm group; 32 images per rank, the 8-GPU preset) of 256 channels (ResNet-50's first
+    stage, at half its spatial size: what the ranks hand back is saved to disk), and the BN neck's [64, 2048]."""
     if smoke:
         image, vector = (16, 8, 8, 4), (16, 32)
     else:
-        image, vector = (64, 256, 64, 32), (64, 2048)
+        image, vector = (64, 256, 32, 16), (64, 2048)
     return [{"name": "fp32", "shape": image, "dtype": "fp32", "channels_last": False},
             {"name": "bf16", "shape": image, "dtype": "bf16", "channels_last": False},
             {"name": "fp32 channels_last", "shape": image, "dtype": "fp32", "channels_last": True},
@@ -830,12 +829,31 @@ def compare_bn(r: Report, name: str, got: dict, want: dict, tol: float) -> None:
 
 def section_bn_span(r: Report, ctx: Context) -> None:
     import torch
-    import torch.multiprocessing as mp
 
     world = 2
     device = torch.device("cpu" if ctx.smoke else "cuda:0")
     if device.type == "cuda":
         no_tf32()
+    try:
+        groups_over_ranks(r, ctx, device, world)
+    except Exception as err:  # noqa: BLE001 - reported; the kernels below are checked all the same
+        r.error("BatchNorm groups over 2 ranks", err)
+    r.begin("SyncBatchNorm kernels in a 1-rank NCCL group")
+    if device.type != "cuda":
+        r.skip("SyncBatchNorm kernels in a 1-rank NCCL group", "CUDA only: torch's SyncBatchNorm kernels "
+               "(batch_norm_stats, ...) have no CPU version and NCCL needs CUDA")
+        return
+    try:
+        sync_batchnorm_kernels(r, ctx, device)
+    except Exception as err:  # noqa: BLE001
+        r.error("SyncBatchNorm kernels in a 1-rank NCCL group", err)
+
+
+def groups_over_ranks(r: Report, ctx: Context, device, world: int) -> None:
+    """Each layer case and the backbone over ``world`` spawned ranks, against one process."""
+    import torch
+    import torch.multiprocessing as mp
+
     r.begin("two ranks over gloo")
     start = time.perf_counter()
     mp.start_processes(bn_span_rank, args=(world, str(ctx.work), str(device), ctx.smoke), nprocs=world,
@@ -859,8 +877,11 @@ def section_bn_span(r: Report, ctx: Context) -> None:
     want = bn_model_run(model, device, model["batch"], slice(None))
     got_features = torch.cat([rank["model"]["features"] for rank in ranks])
     grads = ranks[0]["model"]["grads"]
-    grad_error = max((float((grads[k].double() - v.double().cpu()).norm() / v.double().norm().clamp_min(1e-30)), k)
-                     for k, v in want["grads"].items())
+    # the gradients as one vector (a tensor whose gradient is nearly zero would make its own ratio meaningless)
+    diff = sum(float((grads[k].to(v.device).double() - v.double()).square().sum()) for k, v in want["grads"].items())
+    norm = sum(float(v.double().square().sum()) for v in want["grads"].values())
+    worst = max(want["grads"], key=lambda k: float((grads[k].to(want["grads"][k].device) - want["grads"][k]).abs().max()))
+    grad_error = (math.sqrt(diff / max(norm, 1e-300)), f"largest difference in {worst}")
     buffer_error = max((relative_error(rank["model"]["buffers"][k], v), k) for rank in ranks
                        for k, v in want["buffers"].items())
     errors = {"features": (relative_error(got_features, want["features"]), "all"),
@@ -869,14 +890,7 @@ def section_bn_span(r: Report, ctx: Context) -> None:
             f"training step", "; ".join(f"{k} {v:.1e} ({where})" for k, (v, where) in errors.items()),
             all(errors[k][0] <= MODEL_TOL[k] for k in MODEL_TOL),
             "relative error <= " + ", ".join(f"{v:g} ({k})" for k, v in MODEL_TOL.items())
-            + " (gradients: |a - b| / |b| per tensor)")
-    del ranks, want
-    r.begin("SyncBatchNorm kernels in a 1-rank NCCL group")
-    if device.type != "cuda":
-        r.skip("SyncBatchNorm kernels in a 1-rank NCCL group", "CUDA only: torch's SyncBatchNorm kernels "
-               "(batch_norm_stats, ...) have no CPU version and NCCL needs CUDA")
-        return
-    sync_batchnorm_kernels(r, ctx, device)
+            + " (gradients: |a - b| / |b| over all parameters)")
 
 
 def sync_batchnorm_kernels(r: Report, ctx: Context, device) -> None:
@@ -940,7 +954,7 @@ def section_e2e(r: Report, ctx: Context) -> None:
     from mqreid.evaluation import evaluate_features
 
     base = recipe_overrides(ctx) + warm_start_overrides(ctx, r)
-    base += ["train.epochs=1" if ctx.smoke else "train.epochs=2", "eval.every=1"]
+    base += ["train.epochs=1" if ctx.smoke else "train.epochs=2", "eval.every=2"]  # initial and final mAP
     r.info("overrides", " ".join(base[5:]) or "(the default recipe)")
     kept = None  # the fp32 trainer: its weights are evaluated in every precision below
     for precision in PRECISIONS:
@@ -1095,6 +1109,12 @@ class SyncCounter:
                     f"steady state", scope="GPU")
 
 
+def resnet(ctx: Context) -> str:
+    """The ResNet of ``sync`` and ``shapes``: ResNet-50 on the GPU, ResNet-18 (the same code, a quarter of the
+    CPU time) in --smoke."""
+    return "resnet18" if ctx.smoke else "resnet50"
+
+
 def sync_trainer_overrides(ctx: Context, batch: int, bn_group: int | None, precision: str = "fp32") -> list[str]:
     """ResNet-50 at 256x128 with the presets' input pipeline (toy sizes in --smoke)."""
     if ctx.smoke:
@@ -1102,7 +1122,7 @@ def sync_trainer_overrides(ctx: Context, batch: int, bn_group: int | None, preci
     else:
         size = ["input.height=256", "input.width=128", f"train.batch_size={batch}", "train.num_instances=16",
                 "train.num_workers=auto", "train.test_batch_size=256"]
-    return [*recipe_overrides(ctx), *PRESET_PIPELINE, "backbone=resnet50", "backbone.pretrained=false", *size,
+    return [*recipe_overrides(ctx), *PRESET_PIPELINE, f"backbone={resnet(ctx)}", "backbone.pretrained=false", *size,
             f"train.bn_group={'null' if bn_group is None else bn_group}", "train.channels_last=true",
             f"train.precision={precision}"]
 
@@ -1112,9 +1132,9 @@ def section_sync(r: Report, ctx: Context) -> None:
 
     from mqreid.engine.validate import resolve_workers
 
-    batch, warmup, steps = (16, 1, 2) if ctx.smoke else (64, 4, 10)
+    batch, warmup, steps = (8, 1, 2) if ctx.smoke else (64, 4, 10)
     r.begin("building the trainer")
-    trainer = build_trainer(ctx, sync_trainer_overrides(ctx, batch, 8 if ctx.smoke else 64), "sync")
+    trainer = build_trainer(ctx, sync_trainer_overrides(ctx, batch, 4 if ctx.smoke else 64), "sync")
     train_cfg = trainer.cfg.train
     workers = resolve_workers(train_cfg.num_workers, trainer.train_in_memory)
     warmup += 2 * workers  # the batches the workers prefetched before the clock starts
@@ -1122,7 +1142,7 @@ def section_sync(r: Report, ctx: Context) -> None:
     labels = pseudo_labels(trainer)
     if not torch.cuda.is_available():
         r.info("CUDA sync debug mode", "CUDA only: on the CPU nothing is counted (the counting runs all the same)")
-    r.info("setup", f"ResNet-50 {trainer.cfg.input.height}x{trainer.cfg.input.width}, batch {batch}, "
+    r.info("setup", f"{resnet(ctx)} {trainer.cfg.input.height}x{trainer.cfg.input.width}, batch {batch}, "
                     f"BatchNorm groups of {train_cfg.bn_group}, the presets' input pipeline from the image cache, "
                     f"{workers} loader workers; {steps} steps counted after {warmup}")
     for precision in ("fp32", "bf16"):
@@ -1168,7 +1188,7 @@ def shapes_grid(smoke: bool) -> tuple[tuple[int, ...], tuple[int | None, ...], t
     the global batch 256, BatchNorm over 64 images or over the per-GPU batch; the smoke's, a split group and a
     plain one."""
     if smoke:
-        return (16, 4), (8, None), ("fp32",)
+        return (8, 2), (4, None), ("fp32",)
     return (256, 64, 32, 16), (64, None), ("fp32", "bf16")
 
 
@@ -1193,8 +1213,10 @@ def shapes_backbone(r: Report, ctx: Context, backbone: str, bn_group: int | None
     if ctx.short(r, label, 15):
         return {}
     r.begin(f"{label}: building")
-    overrides = sync_trainer_overrides(ctx, batches[0], bn_group)
-    overrides = [o.replace("backbone=resnet50", f"backbone={backbone}") for o in overrides]
+    overrides = [o if not o.startswith("backbone=") else f"backbone={backbone}"
+                 for o in sync_trainer_overrides(ctx, batches[0], bn_group)]
+    if ctx.smoke and backbone in VIT_BACKBONES:
+        overrides.append("backbone.depth=1")  # the same code, a twelfth of the CPU time
     start = time.perf_counter()
     trainer = build_trainer(ctx, overrides, f"shapes_{backbone}_{bn_group}")
     labels = pseudo_labels(trainer)
@@ -1247,12 +1269,12 @@ def section_shapes(r: Report, ctx: Context) -> None:
                    f"pipeline (no colour jitter, no camera centring); peak memory reset before each shape")
     steps = {}
     for bn_group in groups:
-        steps[bn_group] = shapes_backbone(r, ctx, "resnet50", bn_group, with_loader=bn_group == groups[0]) or {}
+        steps[bn_group] = shapes_backbone(r, ctx, resnet(ctx), bn_group, with_loader=bn_group == groups[0]) or {}
     top = batches[0]
     for precision in precisions:
         if (precision, top) in steps[groups[0]] and (precision, top) in steps[None]:
             ratio = steps[groups[0]][precision, top] / steps[None][precision, top]
-            r.check(f"resnet50, {precision}, batch {top}: bn_group={groups[0]} against null", f"{ratio:.3f} x the "
+            r.check(f"{resnet(ctx)}, {precision}, batch {top}: bn_group={groups[0]} against null", f"{ratio:.3f} x the "
                     f"step time", ratio <= GHOST_COST, f"<= {GHOST_COST:.2f} x", scope="GPU")
     for backbone in VIT_BACKBONES:
         if not (CONF / "backbone" / f"{backbone}.yaml").is_file():
@@ -1358,8 +1380,9 @@ def section_resume(r: Report, ctx: Context) -> None:
         start = time.perf_counter()
         try:
             set_deterministic(True, on_cuda=not ctx.smoke)
+            source = SourceDomain(num_ids=16, steps=2, extra={"images_per_id": (4, 4)})  # one batch of 16 x 4
             state = pretrain(compose_config([f"backbone={backbone}"]).backbone, height, width, ctx.work / "warm_start",
-                             source=SourceDomain(num_ids=16, steps=2), progress=False, device=torch.device(ctx.device))
+                             source=source, progress=False, device=torch.device(ctx.device))
             finite = all(bool(torch.isfinite(v.float()).all()) for v in state.values() if v.is_floating_point())
             r.check(name, f"{time.perf_counter() - start:.0f} s, {len(state)} tensors", finite,
                     "trains without error (every op has a deterministic kernel), finite weights")
@@ -1374,21 +1397,20 @@ def section_resume(r: Report, ctx: Context) -> None:
     runs = [("2-epoch run", ctx.work / "resume_full", ["train.epochs=2"]),
             ("1-epoch run", part, ["train.epochs=1"]),
             ("1-epoch run resumed to 2", ctx.work / "resume_cont", ["train.epochs=2", f"resume={part}"])]
+    # in this process, one after the other (three processes would start Python, torch and CUDA three times)
     for name, run_dir, extra in runs:
         if ctx.short(r, name, 10):
             r.skip("metrics.jsonl rows", f"the {name} did not run")
             return
         r.begin(name)
-        log = run_dir.with_suffix(".out")
-        rc, seconds = run_logged(train_command([*base, *extra], run_dir), log, ctx.left() - 2, ctx.env)
-        if rc is None:
-            r.skip(name, f"out of time: stopped after {seconds:.0f} s at the section's cap")
+        start = time.perf_counter()
+        try:
+            build_trainer(ctx, [*base, *extra], run_dir.name).fit()
+        except Exception as err:  # noqa: BLE001
+            r.error(name, err)
             r.skip("metrics.jsonl rows", f"the {name} did not finish")
             return
-        if not r.check(name, outcome(rc, seconds, log), rc == 0, "exit 0"):
-            print(tail(log), flush=True)
-            r.skip("metrics.jsonl rows", f"the {name} did not finish")
-            return
+        r.check(name, f"{time.perf_counter() - start:.0f} s", True, "finishes")
     same, how = compare_rows(read_jsonl(runs[0][1] / "metrics.jsonl"), read_jsonl(runs[2][1] / "metrics.jsonl"))
     r.check("metrics.jsonl: 2 epochs against 1 + 1 resumed", how, same,
             f"every row equal, loss within {LOSS_TOL:g}, time_* aside")
@@ -1684,6 +1706,14 @@ class Section:
         return strays
 
 
+def cpu_seconds_of_children() -> float:
+    """User + system seconds of this process's ended (waited for) descendants."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_section(name: str, args: argparse.Namespace, env: dict[str, str], work: Path, data_root: Path,
                 allowed: float, log, token: str, running: list) -> tuple[list[dict], dict]:
     """Run one section in its own process for at most ``allowed`` seconds; its rows, and a summary."""
@@ -1693,6 +1723,7 @@ def run_section(name: str, args: argparse.Namespace, env: dict[str, str], work: 
     section_work.mkdir(parents=True, exist_ok=True)
     grace = GRACE_S[1 if args.smoke else 0]
     start = time.time()
+    cpu_before = cpu_seconds_of_children()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--rows", str(rows_path),
            "--work", str(section_work), "--data-root", str(data_root), "--deadline", str(start + allowed - grace),
            "--cap-s", str(allowed), "--parent", str(os.getpid())]
@@ -1705,6 +1736,7 @@ def run_section(name: str, args: argparse.Namespace, env: dict[str, str], work: 
         strays = section.end()
         running.remove(section)
     seconds = time.time() - start
+    cpu = cpu_seconds_of_children() - cpu_before
     rows = read_jsonl(rows_path)
     log.write(f"\n===== {name}: {outcome(rc, seconds, out_path)}\n{tail(out_path, 20000)}\n")
     log.flush()
@@ -1722,7 +1754,7 @@ def run_section(name: str, args: argparse.Namespace, env: dict[str, str], work: 
     if strays:
         rows.append({"section": name, "measure": "processes left running by the section", "value": f"{len(strays)} "
                      f"(pids {', '.join(map(str, strays[:8]))}), ended by the check", "criterion": "", "status": INFO})
-    return rows, {"seconds": round(seconds, 1), "exit": rc, "cap": round(allowed)}
+    return rows, {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "exit": rc, "cap": round(allowed)}
 
 
 def section_status(rows: list[dict]) -> str:
@@ -1741,9 +1773,9 @@ def markdown(rows: list[dict], header: list[str], summary: dict[str, dict]) -> s
     lines = [*header, "", "| section | measure | value | criterion | result |", "|---|---|---|---|---|"]
     lines += [f"| {row['section']} | {cell(row['measure'])} | {cell(row['value'])} | {cell(row['criterion'])} | "
               f"{row['status']} |" for row in rows]
-    lines += ["", "| section | result | seconds | cap | criterion |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {s['status']} | {s['seconds']} | {s.get('cap', '')} | {CRITERIA[name]} |"
-              for name, s in summary.items()]
+    lines += ["", "| section | result | seconds | cap | CPU seconds | criterion |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {s['status']} | {s['seconds']} | {s.get('cap', '')} | {s.get('cpu_seconds', '')} | "
+              f"{CRITERIA[name]} |" for name, s in summary.items()]
     counts = {status: sum(row["status"] == status for row in rows) for status in (PASS, FAIL, SKIP, INFO)}
     lines += ["", ", ".join(f"{n} {status}" for status, n in counts.items())]
     return "\n".join(lines) + "\n"
