@@ -3,6 +3,7 @@
     python bench/v2_checks.py report                                  # from bench/results/v2/checks
     python bench/v2_checks.py report --records bench/runs/v2/checks   # from a grid's run folders
     python bench/hard_checks.py report --v2                           # the same, with the calibration table
+    python bench/v2_checks.py eps-star                                # R2's eps*, label-free (after the freeze)
 
 Records: one job folder per set, arm and dataset seed, ``<records>/<D|H>/<arm>/<anything>/`` holding
 ``.hydra/overrides.yaml`` (with ``dataset.seed=N``), ``results.json`` and ``metrics.jsonl``, and optionally
@@ -30,6 +31,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,7 @@ CHECKS = {
     "R2": ("R2", "R2-dbscan", "InfoMap against DBSCAN at eps* (report-only)", "82.5 vs 82.8 / 35.0 vs 34.7"),
 }
 HELD_OUT = ("HC1", "HC2")
+EPS_GRID = tuple(round(0.30 + 0.02 * i, 2) for i in range(26))  # R2's eps* rule: 0.30, 0.32, ..., 0.80
 HELD_OUT_CELLS = ("baseline", "HC1", "HC2", "placebo")
 
 
@@ -173,6 +176,53 @@ def equivalent(d: Paired, margin: float = MARGIN) -> bool:
     """The paired 90 % interval lies within ±margin (two one-sided tests at 5 %)."""
     lo, hi = d.ci90
     return math.isfinite(lo) and math.isfinite(hi) and -margin < lo and hi < margin
+
+
+# ---------------------------------------------------------------------------------------------- R2's eps*
+def most_clusters_eps(sweep: list[dict]) -> float:
+    """The eps of a sweep (rows with ``eps`` and ``num_clusters``) that gives the most clusters; ties: the
+    smallest eps."""
+    if not sweep:
+        raise ValueError("most_clusters_eps: an empty sweep")
+    return min(sweep, key=lambda row: (-row["num_clusters"], row["eps"]))["eps"]
+
+
+def eps_star(chosen: list[float]) -> float:
+    """The median of the per-seed choices, rounded down to EPS_GRID."""
+    import statistics
+
+    if not chosen:
+        raise ValueError("eps_star: no per-seed choice")
+    median = statistics.median(chosen)
+    return max(e for e in EPS_GRID if e <= median + 1e-9)
+
+
+def measure_eps(set_name: str, seeds: list[int], records: Path, overrides: list[str] = ()) -> dict:
+    """R2's label-free eps on the warm start's raw training features of ``set_name`` (D or H) for each dataset
+    seed: the recipe's Jaccard graph and DBSCAN over EPS_GRID (no label enters); written to
+    ``records/eps_star_<set>.json``. ``overrides``: more Hydra overrides (e.g. ``debug=fast`` to try it)."""
+    from hydra import compose, initialize_config_dir
+
+    from mqreid.engine.trainer import Trainer
+    from v2_calibration import CONF, settings, write_json
+    from v2_calibration import SETS as DATASETS
+
+    rows = []
+    for seed in seeds:
+        with initialize_config_dir(CONF, version_base=None):
+            cfg = compose("config", overrides=[f"dataset={DATASETS[set_name]}", *overrides, f"dataset.seed={seed}",
+                                               "progress=false"])
+        with tempfile.TemporaryDirectory() as run_dir:
+            trainer = Trainer(cfg, run_dir)
+        features = trainer.extract(trainer.dataset.train)
+        sweep = trainer.clusterer.sweep_eps(features, EPS_GRID)
+        rows.append({"dataset_seed": seed, "eps": most_clusters_eps(sweep),
+                     "clusters": {f"{r['eps']:.2f}": r["num_clusters"] for r in sweep}})
+        print(f"{set_name} dataset seed {seed}: the most clusters at eps {rows[-1]['eps']:.2f}", flush=True)
+    record = {"set": DATASETS[set_name], "overrides": list(overrides), "recipe_eps": float(cfg.clusterer.eps), "per_seed": rows,
+              "eps_star": eps_star([r["eps"] for r in rows]), "settings": settings(sys.argv)}
+    write_json(records / f"eps_star_{set_name}.json", record)
+    return record
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -359,9 +409,19 @@ def report(records: Path = RECORDS) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("report",))
+    ap.add_argument("command", choices=("report", "eps-star"))
     ap.add_argument("--records", type=Path, default=RECORDS, help="the grid's records (default: %(default)s)")
+    ap.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS), help="eps-star: the sets")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="eps-star: dataset seeds (10-15)")
+    ap.add_argument("--overrides", nargs="*", default=[], help="eps-star: more Hydra overrides (e.g. debug=fast)")
     args = ap.parse_args(argv)
+    if args.command == "eps-star":
+        for set_name in args.sets:
+            record = measure_eps(set_name, args.seeds, args.records.resolve(), args.overrides)
+            arm = ("the baseline is R2's DBSCAN arm" if math.isclose(record["eps_star"], record["recipe_eps"])
+                   else f"R2's DBSCAN arm: clusterer=dbscan clusterer.eps={record['eps_star']:.2f} (folder R2-dbscan)")
+            print(f"{set_name}: eps* = {record['eps_star']:.2f} (the recipe's {record['recipe_eps']:.2f}): {arm}")
+        return 0
     return report(args.records.resolve())
 
 

@@ -129,3 +129,28 @@ def test_hard_checks_reprints_both_v2_tables(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| v1 | D | 3 | 0.300 (0.100) | 0.900 / 0.600 / 0.300 | 0.600 | 0.200 (0.000) | 0 |" in out
     assert "| H | HC2 | 6 of 6 |" in out and "predictiveness: " in out
+
+
+def test_eps_star_rule():
+    sweep = [{"eps": 0.30, "num_clusters": 5}, {"eps": 0.32, "num_clusters": 9}, {"eps": 0.34, "num_clusters": 9},
+             {"eps": 0.36, "num_clusters": 7}]
+    assert checks.most_clusters_eps(sweep) == 0.32  # ties: the smallest
+    assert checks.eps_star([0.40, 0.44, 0.46, 0.50, 0.52, 0.60]) == 0.48  # median 0.48
+    assert checks.eps_star([0.40, 0.44, 0.46, 0.48, 0.52, 0.60]) == 0.46  # median 0.47, rounded down
+    assert checks.EPS_GRID[0] == 0.30 and checks.EPS_GRID[-1] == 0.80 and len(checks.EPS_GRID) == 26
+    with pytest.raises(ValueError, match="most_clusters_eps: an empty sweep"):
+        checks.most_clusters_eps([])
+
+
+def test_eps_star_on_a_jaccard_sweep_of_fabricated_features():
+    """The rule on the recipe's Jaccard graph: well-separated identities give their count at the chosen eps."""
+    from mqreid.cluster import DBSCANClusterer
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 16))
+    x = np.repeat(centres, 8, axis=0) + 0.05 * rng.normal(size=(96, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sweep = DBSCANClusterer(eps=0.6, min_samples=4, k1=10, k2=3).sweep_eps(x.astype(np.float32), checks.EPS_GRID)
+    chosen = checks.most_clusters_eps(sweep)
+    assert next(r["num_clusters"] for r in sweep if r["eps"] == chosen) == 12
+    assert all(r["num_clusters"] <= 12 for r in sweep)
