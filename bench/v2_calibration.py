@@ -5,6 +5,7 @@
     python bench/v2_calibration.py stats --candidate c1 --market dataset.nuisances.background_pool=0 \\
         --msmt dataset.nuisances.group_gap=1.5                        # a candidate: overrides of either set
     python bench/v2_calibration.py train --candidate c0 --lanes 2     # S1, S1b: the baseline's training runs
+    python bench/v2_calibration.py train --candidate c0 --collect     # only copy the finished runs' records
     python bench/v2_calibration.py report                             # every candidate's table and its bands
 
 A candidate is a name and the Hydra overrides of its Market-like set (``dataset=synthetic_v2``, "D") and of
@@ -152,6 +153,58 @@ def stats(args) -> int:
     return 0
 
 
+RECORD_FILES = ("results.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml")
+
+
+def queue_run(run_dir: Path, command: list[str]) -> None:
+    """Note a job's settings when it is queued (``queued.json`` in its run folder): the commit, date, load and
+    command it was started with, which the record keeps."""
+    write_json(run_dir / "queued.json", settings(command))
+
+
+def copy_records(run_dir: Path, record: Path) -> bool:
+    """Copy a finished run's records (no checkpoints) to ``record`` with a ``settings.json``: the settings
+    noted when it was queued, ``start`` and ``end`` (Unix seconds: its Hydra config written, its results
+    written) and the settings when copied. False when the run has not finished."""
+    if not (run_dir / "results.json").is_file():
+        return False
+    for name in RECORD_FILES:
+        if (run_dir / name).is_file():
+            (record / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / name, record / name)
+    queued = json.loads((run_dir / "queued.json").read_text()) if (run_dir / "queued.json").is_file() else None
+    config = run_dir / ".hydra" / "config.yaml"
+    write_json(record / "settings.json", {
+        "queued": queued, "start": config.stat().st_mtime if config.is_file() else None,
+        "end": (run_dir / "results.json").stat().st_mtime, "copied": settings(sys.argv)})
+    return True
+
+
+def union_seconds(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of [start, end] spans: the time during which at least one job ran (parallel
+    lanes count once, separate batches add up)."""
+    total, current = 0.0, None
+    for start, end in sorted(spans):
+        if current is None or start > current[1]:
+            total += (current[1] - current[0]) if current else 0.0
+            current = [start, end]
+        else:
+            current[1] = max(current[1], end)
+    return total + ((current[1] - current[0]) if current else 0.0)
+
+
+def machine_hours(records: Path) -> tuple[float, int, int]:
+    """The calibration's machine time so far: the statistics' own seconds (they run one after another) plus
+    the union of the training runs' spans; and how many statistics and runs it counts."""
+    stats_seconds = [json.loads(p.read_text()).get("seconds") or 0.0 for p in records.glob("*/*/stats_seed*.json")]
+    spans = []
+    for path in records.glob("*/*/train_seed*/settings.json"):
+        saved = json.loads(path.read_text())
+        if isinstance(saved.get("start"), (int, float)) and isinstance(saved.get("end"), (int, float)):
+            spans.append((saved["start"], saved["end"]))
+    return (sum(stats_seconds) + union_seconds(spans)) / 3600, len(stats_seconds), len(spans)
+
+
 def train(args) -> int:
     from hard_checks import run_all  # bench/: the grid's runner (lanes pinned to one core each)
 
@@ -161,17 +214,17 @@ def train(args) -> int:
             run_dir = RUNS / args.candidate / s / f"seed{seed}"
             if (run_dir / "results.json").is_file():
                 print(f"{show(run_dir)}: finished, kept")
-            else:
+            elif not args.collect:
                 commands.append(["nice", "-n", "19", sys.executable, str(REPO / "train.py"), *overrides,
                                  f"dataset.seed={seed}", "seed=0", "progress=false", f"hydra.run.dir={run_dir}"])
+                queue_run(run_dir, commands[-1])
             runs.append((run_dir, RECORDS / args.candidate / s / f"train_seed{seed}"))
     status = run_all(commands, args.lanes) if commands else 0
     for run_dir, record in runs:  # the records of finished runs (no checkpoints)
-        if (run_dir / "results.json").is_file():
-            for name in ("results.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml"):
-                if (run_dir / name).is_file():
-                    (record / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(run_dir / name, record / name)
+        if copy_records(run_dir, record):
+            print(f"{show(record)}: the records of {show(run_dir)}")
+        else:
+            print(f"{show(run_dir)}: not finished, no record")
     return status
 
 
@@ -260,6 +313,8 @@ def report(args) -> int:
         return 1
     table = {f.name: {s: summary(f / s) for s in SETS} for f in folders}
     ref = table.get(args.reference)
+    print(f"settings: {json.dumps(settings(sys.argv))} (machine shared with other work: the load is as measured; "
+          f"each record carries its own settings)\n")
     print("| candidate | set | seeds | S2 excess (centred) | S3 R_same / R_cross / gap | S4 closed | S5 kNN kappa "
           "(S5-linear) | runs | warm start -> final mAP |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -272,6 +327,9 @@ def report(args) -> int:
             print(f"| {name} | {s} | {seeds} | {fmt(row['S2'])} ({fmt(row['S2c'])}) | {fmt(row['R_same'])} / "
                   f"{fmt(row['R_cross'])} / {fmt(row['S3'])} | {fmt(row['S4'])} | {fmt(row['S5'])} "
                   f"({fmt(row['S5lin'])}) | {runs} | {fmt(row['initial'], '.1f')} -> {fmt(row['final'], '.1f')} |")
+    hours, n_stats, n_runs = machine_hours(RECORDS)
+    print(f"\ncalibration machine time so far: {hours:.2f} h ({n_stats} statistics records, {n_runs} timed training "
+          "runs; the budget: at most 3 h of the 10)")
     print()
     for name, sets in table.items():
         if name == args.reference or sets["D"] is None or sets["H"] is None:
@@ -304,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="dataset seeds (default: 0 1 2)")
     ap.add_argument("--lanes", type=int, default=1, help="train: jobs at a time, each pinned to one core when > 1")
     ap.add_argument("--again", action="store_true", help="stats: measure again what is recorded")
+    ap.add_argument("--collect", action="store_true",
+                    help="train: start nothing, only copy the records of the runs that have finished (e.g. while "
+                         "another train command is running)")
     ap.add_argument("--reference", default="v1", help="report: the candidate that holds the v1 reference")
     ap.add_argument("--records", type=Path, default=RECORDS, help="where the records go (default: %(default)s)")
     ap.add_argument("--runs", type=Path, default=RUNS, help="train: where the runs go (default: %(default)s)")

@@ -7,8 +7,8 @@
 
 Records: one job folder per set, arm and dataset seed, ``<records>/<D|H>/<arm>/<anything>/`` holding
 ``.hydra/overrides.yaml`` (with ``dataset.seed=N``), ``results.json`` and ``metrics.jsonl``, and optionally
-``settings.json`` (the job's settings: commit, date, machine, load, command, ``start`` and ``end`` in Unix
-seconds). The arms are those of the pre-registration: ``baseline``, ``HC1``, ``HC2``, ``placebo``, ``R1`` and
+``settings.json`` (the job's settings: commit, date, machine, load, command, or these under ``queued`` as
+``bench/v2_calibration.py``'s ``copy_records`` writes them, and ``start`` and ``end`` in Unix seconds). The arms are those of the pre-registration: ``baseline``, ``HC1``, ``HC2``, ``placebo``, ``R1`` and
 ``R2`` (InfoMap; its DBSCAN arm at eps* is ``R2-dbscan``, or the baseline where that folder is absent: eps*
 equal to the recipe's eps). Nothing is trained here.
 
@@ -279,17 +279,17 @@ def job_settings(job: Job) -> dict:
 def machine_hours(jobs: list[Job]) -> tuple[float, int]:
     """Hours during which at least one job ran (the union of the jobs' [start, end] from their settings.json,
     so separate batches add up and parallel lanes count once), and how many jobs had no times."""
-    spans = sorted((s["start"], s["end"]) for s in map(job_settings, jobs)
-                   if isinstance(s.get("start"), (int, float)) and isinstance(s.get("end"), (int, float)))
-    total, cur = 0.0, None
-    for start, end in spans:
-        if cur is None or start > cur[1]:
-            total += (cur[1] - cur[0]) if cur else 0.0
-            cur = [start, end]
-        else:
-            cur[1] = max(cur[1], end)
-    total += (cur[1] - cur[0]) if cur else 0.0
-    return total / 3600, len(jobs) - len(spans)
+    from v2_calibration import union_seconds
+
+    spans = [(s["start"], s["end"]) for s in map(job_settings, jobs)
+             if isinstance(s.get("start"), (int, float)) and isinstance(s.get("end"), (int, float))]
+    return union_seconds(spans) / 3600, len(jobs) - len(spans)
+
+
+def job_commit(job: Job) -> str:
+    """The commit a job ran at: its settings' (``queued`` ones where the runner noted them)."""
+    saved = job_settings(job)
+    return str(saved.get("commit") or (saved.get("queued") or {}).get("commit") or "?")[:7]
 
 
 # ---------------------------------------------------------------------------------------------- the report
@@ -317,7 +317,7 @@ def report(records: Path = RECORDS) -> int:
     rank = lambda key: (key[0], order.index(key[1]) if key[1] in order else len(order), key[1])  # noqa: E731
     for (set_name, arm), jobs in sorted(cells.items(), key=rank):
         stat = mean_std(values[set_name, arm].values())
-        commits = sorted({str(job_settings(j).get("commit", "?"))[:7] for j in jobs})
+        commits = sorted({job_commit(j) for j in jobs})
         tag = "" if complete(values[set_name, arm]) else " (PARTIAL)"
         print(f"| {set_name} | {arm} | {stat.count} of {len(SEEDS)}{tag} | {fmt(stat.mean, '.1f')} ± "
               f"{fmt(stat.std, '.1f')} | {', '.join(commits)} |")

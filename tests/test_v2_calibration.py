@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -77,3 +78,27 @@ def test_partial_records_give_no_band_verdict(tmp_path, monkeypatch, capsys):
     assert "| c0 | D | 2 (partial) |" in out and "| 1 (partial) |" in out
     assert "c0: PARTIAL records (D: statistics 2 of 3 seeds, runs 1 of 3; H: runs 0 of 3)" in out
     assert "0 of 8 bands hold" in out and " yes: " not in out and " no: " not in out
+
+
+def test_train_collect_copies_finished_runs_with_their_settings(tmp_path, monkeypatch):
+    """--collect starts nothing and copies a finished run's records (no checkpoint) with its settings: those
+    noted when queued, its start and end, and those when copied."""
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    done = runs / "c0" / "D" / "seed0"
+    (done / ".hydra").mkdir(parents=True)
+    cal.queue_run(done, ["train.py", "dataset=synthetic_v2"])
+    for name in cal.RECORD_FILES:
+        (done / name).write_text("{}\n")
+    os.utime(done / ".hydra" / "config.yaml", (1000.0, 1000.0))  # the run started
+    os.utime(done / "results.json", (1600.0, 1600.0))  # and ended 10 minutes later
+    (done / "last.pt").write_bytes(b"weights")
+    (runs / "c0" / "H" / "seed1").mkdir(parents=True)  # started, not finished
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # train imports the grid's runner from bench/
+    assert cal.main(["train", "--candidate", "c0", "--collect", "--seeds", "0", "1", "--records", str(records),
+                     "--runs", str(runs)]) == 0
+    record = records / "c0" / "D" / "train_seed0"
+    assert sorted(p.name for p in record.rglob("*") if p.is_file()) == sorted(
+        ["results.json", "metrics.jsonl", "config.yaml", "overrides.yaml", "settings.json"])
+    saved = json.loads((record / "settings.json").read_text())
+    assert saved["queued"]["command"] == "train.py dataset=synthetic_v2" and (saved["start"], saved["end"]) == (1000.0, 1600.0)
+    assert not (records / "c0" / "H" / "train_seed1").exists() and not (runs / "c0" / "D" / "seed1").exists()

@@ -154,3 +154,16 @@ def test_eps_star_on_a_jaccard_sweep_of_fabricated_features():
     chosen = checks.most_clusters_eps(sweep)
     assert next(r["num_clusters"] for r in sweep if r["eps"] == chosen) == 12
     assert all(r["num_clusters"] <= 12 for r in sweep)
+
+
+def test_machine_time_is_the_union_of_the_spans():
+    from importlib import import_module
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        union = import_module("v2_calibration").union_seconds
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert union([]) == 0.0
+    assert union([(0, 10), (5, 20), (30, 40)]) == 30.0  # two lanes overlapping, then a later batch
+    assert union([(30, 40), (0, 10), (10, 12)]) == 22.0
