@@ -80,6 +80,7 @@ def test_a_csv_with_camera_ids_is_accepted(tmp_path):
     ("camera.inter_weight", -0.5, "a number >= 0"), ("camera.inter_start_epoch", -1, "an integer >= 0"),
     ("camera.hard_negatives", "abc", "an integer"), ("clusterer.k1_intra", -2, "an integer >= 0"),
     ("clusterer.camera_aware", "maybe", "true or false"),
+    ("camera.queue_size", 0, "null (momentum proxies) or an integer >= 1"),
 ])
 def test_bad_camera_settings_are_named(key, value, expected):
     problems = config_problems(compose_config(["camera=proxies", f"{key}={value}"]))

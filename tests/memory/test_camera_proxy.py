@@ -111,3 +111,27 @@ def test_bad_settings_and_shapes():
     features, labels, cameras, proxies, proxy_labels, proxy_cameras = fabricated()
     with pytest.raises(ValueError, match="expected cameras of shape"):
         camera_proxy_losses(features, labels, cameras[:-1], proxies, proxy_labels, proxy_cameras)
+
+
+def test_queues_per_cluster_and_camera():
+    """queue_size: each (cluster, camera) pair keeps a ring buffer that starts as its normalised mean; the
+    update writes each sample into its own pair's queue, and a proxy is one entry of its queue."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 4, generator=g)
+    labels, cams = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0]), torch.tensor([0, 0, 1, 0, 1, 1, 1, 1])
+    cp = CameraProxies(num_features=4, queue_size=3, seed=5)
+    cp.reset(x, labels, cams)
+    assert cp.num_proxies == 4
+    mean = F.normalize(F.normalize(x[[0, 1]], dim=1).mean(0), dim=0)
+    assert torch.allclose(cp.memory.queues[0], mean.expand(3, -1), atol=1e-6)
+    batch = torch.randn(2, 4, generator=g)
+    cp.update(batch, torch.tensor([1, 1]), torch.tensor([1, 1]), max_per_cluster=2)
+    written = cp.memory.queues[cp.proxy_index(torch.tensor([1]), torch.tensor([1]))[0]]
+    assert torch.allclose(written[:2], F.normalize(batch, dim=1), atol=1e-6)
+    proxies = cp.proxies()
+    assert proxies.shape == (4, 4)
+    assert all(any(torch.allclose(proxies[p], q) for q in cp.memory.queues[p]) for p in range(4))
+    intra, inter = cp(torch.randn(3, 4, generator=g), torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]))
+    assert torch.isfinite(intra) and torch.isfinite(inter)
+    with pytest.raises(ValueError, match="queue_size=0: expected null"):
+        CameraProxies(4, queue_size=0)

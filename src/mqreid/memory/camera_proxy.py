@@ -22,6 +22,7 @@ from torch import nn
 from mqreid.utils.errors import SettingError
 
 from .centroid import CentroidMemory
+from .multi_queue import MultiQueueMemory
 
 # Defaults from the authors' code (Terminator8758/CAP-master):
 TEMPERATURE = 0.07       # train_cap.py --inv_beta 0.07, the temperature of both terms
@@ -98,12 +99,15 @@ class CameraProxies(nn.Module):
         num_features: feature dimension.
         temperature, momentum, hard_negatives, intra_weight, inter_weight, inter_start_epoch: see the module
             constants (the authors' values).
+        queue_size: ``None``, CAP's momentum proxies; an integer, a ring buffer of that many recent features per
+            (cluster, camera) pair instead, one random entry of which is the pair's proxy at each step (the
+            multi-queue memory's idea applied to the camera proxies; no published method has it).
     """
 
     def __init__(self, num_features: int, temperature: float = TEMPERATURE, momentum: float = MOMENTUM,
                  hard_negatives: int = HARD_NEGATIVES, intra_weight: float = INTRA_WEIGHT,
                  inter_weight: float = INTER_WEIGHT, inter_start_epoch: int = INTER_START_EPOCH,
-                 seed: int = 0) -> None:
+                 queue_size: int | None = None, seed: int = 0) -> None:
         super().__init__()
         for name, value in (("temperature", temperature), ("intra_weight", intra_weight),
                             ("inter_weight", inter_weight)):
@@ -115,12 +119,16 @@ class CameraProxies(nn.Module):
                 raise SettingError(name, value, "an integer >= 0")
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
             raise SettingError("momentum", momentum, "a number in [0, 1]")
+        if queue_size is not None and (isinstance(queue_size, bool) or not isinstance(queue_size, int)
+                                       or queue_size < 1):
+            raise SettingError("queue_size", queue_size, "null (momentum proxies) or an integer >= 1")
+        self.queue_size = queue_size
         self.num_features = num_features
         self.temperature, self.momentum, self.hard_negatives = float(temperature), float(momentum), hard_negatives
         self.intra_weight, self.inter_weight = float(intra_weight), float(inter_weight)
         self.inter_start_epoch = inter_start_epoch
         self.seed = seed
-        self.memory: CentroidMemory | None = None
+        self.memory: CentroidMemory | MultiQueueMemory | None = None
         self.register_buffer("proxy_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("proxy_cameras", torch.zeros(0, dtype=torch.long))
         self.register_buffer("table", torch.zeros(0, 0, dtype=torch.long))   # [C, slots] -> proxy index, -1
@@ -160,8 +168,12 @@ class CameraProxies(nn.Module):
         self.proxy_cameras = cam_ids[pairs % max(1, len(cam_ids))] if len(cam_ids) else pairs
         self.table = table.view(num_clusters, len(cam_ids))
         self.slot_of = slot_of
-        self.memory = CentroidMemory(features.shape[1], max(1, len(pairs)), momentum=self.momentum,
-                                     seed=self.seed).to(device)
+        if self.queue_size is None:
+            self.memory = CentroidMemory(features.shape[1], max(1, len(pairs)), momentum=self.momentum,
+                                         seed=self.seed).to(device)
+        else:  # a queue per (cluster, camera) pair, starting as its normalised mean; a random entry per step
+            self.memory = MultiQueueMemory(features.shape[1], max(1, len(pairs)), queue_size=self.queue_size,
+                                           init="centroid_normalized", proxy="random", seed=self.seed).to(device)
         index = torch.full_like(labels, -1)
         index[keep] = table[pair]
         self.memory.reset(features.to(device), index)
@@ -171,10 +183,10 @@ class CameraProxies(nn.Module):
         return self.table[labels, self.slot_of[cameras]]
 
     def proxies(self) -> torch.Tensor:
-        """[P, D] the current proxies."""
+        """[P, D] the current proxies (with queues: one random entry of each, drawn at every call)."""
         if self.memory is None:
             raise RuntimeError("camera proxies: reset() with the epoch's clustering first")
-        return self.memory.features
+        return self.memory.proxies()
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, cameras: torch.Tensor,
                 inter: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
