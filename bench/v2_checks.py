@@ -4,6 +4,8 @@
     python bench/v2_checks.py report --records bench/runs/v2/checks   # from a grid's run folders
     python bench/hard_checks.py report --v2                           # the same, with the calibration table
     python bench/v2_checks.py eps-star                                # R2's eps*, label-free (after the freeze)
+    python bench/v2_checks.py plan                                    # the grid's jobs in order, nothing run
+    python bench/v2_checks.py run --freeze COMMIT --lanes 2           # the grid (after the freeze)
 
 Records: one job folder per set, arm and dataset seed, ``<records>/<D|H>/<arm>/<anything>/`` holding
 ``.hydra/overrides.yaml`` (with ``dataset.seed=N``), ``results.json`` and ``metrics.jsonl``, and optionally
@@ -58,6 +60,19 @@ CHECKS = {
 HELD_OUT = ("HC1", "HC2")
 EPS_GRID = tuple(round(0.30 + 0.02 * i, 2) for i in range(26))  # R2's eps* rule: 0.30, 0.32, ..., 0.80
 HELD_OUT_CELLS = ("baseline", "HC1", "HC2", "placebo")
+RUNS = REPO / "bench" / "runs" / "v2" / "checks"
+# arm -> its overrides against the baseline (the set's recipe); "{seed}" is the cell's dataset seed. HC2's
+# network, an instance-norm small CNN with its own warm start, does not exist yet: its overrides are None and
+# ``run`` refuses its cells until they are defined here.
+ARMS: dict[str, list[str] | None] = {
+    "baseline": [],
+    "HC1": ["camera=proxies"],
+    "HC2": None,
+    "placebo": ["train.camera_centering=true", "train.camera_permutation_seed={seed}"],
+    "R1": ["memory=centroid"],
+    "R2": ["clusterer=infomap"],
+}
+ORDER = ("baseline", "HC1", "HC2", "placebo", "R1", "R2", "R2-dbscan")  # held-out cells first, then R1, R2
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -94,11 +109,12 @@ def paired(arm: dict[int, float], base: dict[int, float]) -> Paired:
         return Paired(seeds, d.tolist(), float(d.mean()) if len(d) else math.nan, math.nan, math.nan, nan2, nan2,
                       math.nan, math.nan, math.nan, math.nan)
     sd = float(d.std(ddof=1))
-    t_test = stats.ttest_1samp(d, 0.0)
-    ci95, ci90 = (tuple(map(float, t_test.confidence_interval(c))) for c in (0.95, 0.90))
     if sd == 0:  # no spread: t is undefined (scipy warns); the intervals collapse to the mean
+        ci95 = ci90 = (float(d[0]), float(d[0]))
         p_t = (math.nan, math.nan)
     else:
+        t_test = stats.ttest_1samp(d, 0.0)
+        ci95, ci90 = (tuple(map(float, t_test.confidence_interval(c))) for c in (0.95, 0.90))
         p_t = tuple(float(stats.ttest_1samp(d, 0.0, alternative=a).pvalue) for a in ("greater", "less"))
     p_flip = tuple(float(stats.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
                                                 alternative=a).pvalue) for a in ("greater", "less"))
@@ -223,6 +239,83 @@ def measure_eps(set_name: str, seeds: list[int], records: Path, overrides: list[
               "eps_star": eps_star([r["eps"] for r in rows]), "settings": settings(sys.argv)}
     write_json(records / f"eps_star_{set_name}.json", record)
     return record
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+def arm_overrides(arm: str, seed: int, records: Path) -> list[str] | None:
+    """The overrides of ``arm`` in the cell of dataset seed ``seed``; None when the arm is not defined (HC2
+    before its network exists; R2-dbscan without an eps* record, or with eps* equal to the recipe's eps)."""
+    if arm == "R2-dbscan":
+        found = {}
+        for set_name in SETS:
+            path = records / f"eps_star_{set_name}.json"
+            if path.is_file():
+                found[set_name] = json.loads(path.read_text())
+        return found or None
+    overrides = ARMS[arm]
+    return None if overrides is None else [o.format(seed=seed) for o in overrides]
+
+
+def plan(records: Path, runs: Path, sets=tuple(SETS), seeds=SEEDS, train_script: Path | None = None):
+    """(cell, run folder, command or None with why not) for every cell, in the pre-registered order: the
+    held-out cells first (the baselines, HC2, HC1, the placebo), then R1, then R2."""
+    from v2_calibration import SETS as DATASETS
+
+    script = train_script or REPO / "train.py"
+    cells = []
+    for arm in ORDER:
+        for set_name in sets:
+            for seed in seeds:
+                run_dir = runs / set_name / arm / f"dseed{seed}"
+                overrides = arm_overrides(arm, seed, records)
+                if arm == "R2-dbscan":
+                    saved = (overrides or {}).get(set_name)
+                    if saved is None:
+                        cells.append(((set_name, arm, seed), run_dir, None, "no eps* record (eps-star)"))
+                        continue
+                    if math.isclose(saved["eps_star"], saved["recipe_eps"]):
+                        cells.append(((set_name, arm, seed), run_dir, None, "eps* is the recipe's: the baseline"))
+                        continue
+                    overrides = [f"clusterer.eps={saved['eps_star']:.2f}"]
+                if overrides is None:
+                    cells.append(((set_name, arm, seed), run_dir, None, f"{arm}'s overrides are not defined yet"))
+                    continue
+                command = ["nice", "-n", "19", sys.executable, str(script), f"dataset={DATASETS[set_name]}",
+                           *overrides, f"dataset.seed={seed}", "seed=0", "progress=false", f"hydra.run.dir={run_dir}"]
+                cells.append(((set_name, arm, seed), run_dir, command, ""))
+    return cells
+
+
+def run(args) -> int:
+    """The grid: the cells of ``plan`` not finished yet, ``--lanes`` at a time, each record copied (with its
+    settings) to ``<records>/<set>/<arm>/dseed<N>/`` as the grid ends; refused unless HEAD is the freeze
+    commit or a descendant of it."""
+    import subprocess
+
+    from hard_checks import run_all
+    from v2_calibration import copy_records, queue_run
+
+    def git(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
+
+    if git("merge-base", "--is-ancestor", args.freeze, "HEAD").returncode != 0:
+        raise SystemExit(f"error: --freeze {args.freeze}: expected the freeze commit, HEAD or an ancestor of it "
+                         "(the grid runs only after the generator is frozen)")
+    cells = plan(args.records, args.runs, args.sets, args.seeds, args.train_script)
+    commands = []
+    for (set_name, arm, seed), run_dir, command, why in cells:
+        if command is None:
+            print(f"{set_name}/{arm}/dseed{seed}: not run ({why})")
+        elif (run_dir / "results.json").is_file():
+            print(f"{set_name}/{arm}/dseed{seed}: finished, kept")
+        else:
+            commands.append(command)
+            queue_run(run_dir, command)
+    status = run_all(commands, args.lanes) if commands else 0
+    for (set_name, arm, seed), run_dir, command, _ in cells:
+        if command is not None and copy_records(run_dir, args.records / set_name / arm / f"dseed{seed}"):
+            print(f"{set_name}/{arm}/dseed{seed}: recorded")
+    return status
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -409,12 +502,27 @@ def report(records: Path = RECORDS) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("report", "eps-star"))
+    ap.add_argument("command", choices=("report", "eps-star", "plan", "run"))
     ap.add_argument("--records", type=Path, default=RECORDS, help="the grid's records (default: %(default)s)")
     ap.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS), help="eps-star: the sets")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="eps-star: dataset seeds (10-15)")
     ap.add_argument("--overrides", nargs="*", default=[], help="eps-star: more Hydra overrides (e.g. debug=fast)")
+    ap.add_argument("--runs", type=Path, default=RUNS, help="plan, run: where the jobs run (default: %(default)s)")
+    ap.add_argument("--lanes", type=int, default=2, help="run: jobs at a time, each pinned to one core when > 1")
+    ap.add_argument("--freeze", help="run: the freeze commit (the grid runs at it or at a later commit)")
+    ap.add_argument("--train-script", type=Path, help=argparse.SUPPRESS)  # tests: a stand-in for train.py
     args = ap.parse_args(argv)
+    args.records, args.runs = args.records.resolve(), args.runs.resolve()
+    if args.command == "plan":
+        for (set_name, arm, seed), _, command, why in plan(args.records, args.runs, args.sets, args.seeds):
+            print(f"{set_name}/{arm}/dseed{seed}: " + (" ".join(command[3:]) if command else f"not run ({why})"))
+        return 0
+    if args.command == "run":
+        if not args.freeze:
+            ap.error("run needs --freeze COMMIT (the generator's freeze commit)")
+        if args.lanes < 1:
+            ap.error("--lanes must be >= 1")
+        return run(args)
     if args.command == "eps-star":
         for set_name in args.sets:
             record = measure_eps(set_name, args.seeds, args.records.resolve(), args.overrides)

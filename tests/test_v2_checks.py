@@ -167,3 +167,60 @@ def test_machine_time_is_the_union_of_the_spans():
     assert union([]) == 0.0
     assert union([(0, 10), (5, 20), (30, 40)]) == 30.0  # two lanes overlapping, then a later batch
     assert union([(30, 40), (0, 10), (10, 12)]) == 22.0
+
+
+FAKE_TRAIN = '''
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+run_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")))
+(run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+(run_dir / ".hydra" / "config.yaml").write_text("seed: 0\\n")
+(run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {a}\\n" for a in args if "hydra.run" not in a))
+seed = int(next(a.split("=")[1] for a in args if a.startswith("dataset.seed=")))
+gain = 1.0 if "camera=proxies" in args else 0.0
+(run_dir / "last.pt").write_bytes(b"weights")
+(run_dir / "results.json").write_text(json.dumps({"initial": {"mAP": 10.0}, "final": {"mAP": 50.0 + seed + gain}}))
+'''
+
+
+def test_plan_orders_the_cells_and_names_what_is_not_defined(tmp_path):
+    cells = checks.plan(tmp_path / "records", tmp_path / "runs", seeds=(10,))
+    names = [f"{s}/{arm}" for (s, arm, _), _, _, _ in cells]
+    assert names[:6] == ["D/baseline", "H/baseline", "D/HC1", "H/HC1", "D/HC2", "H/HC2"]
+    why = {f"{s}/{arm}": w for (s, arm, _), _, command, w in cells if command is None}
+    assert why["D/HC2"] == "HC2's overrides are not defined yet" and why["H/R2-dbscan"] == "no eps* record (eps-star)"
+    placebo = next(c for (s, arm, _), _, c, _ in cells if (s, arm) == ("H", "placebo"))
+    assert "train.camera_permutation_seed=10" in placebo and "dataset=synthetic_v2_hard" in placebo
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "eps_star_D.json").write_text(json.dumps({"eps_star": 0.48, "recipe_eps": 0.6}))
+    (tmp_path / "records" / "eps_star_H.json").write_text(json.dumps({"eps_star": 0.6, "recipe_eps": 0.6}))
+    cells = {f"{s}/{arm}": (c, w) for (s, arm, _), _, c, w in checks.plan(tmp_path / "records", tmp_path / "runs",
+                                                                           seeds=(10,))}
+    assert "clusterer.eps=0.48" in cells["D/R2-dbscan"][0] and cells["H/R2-dbscan"] == (
+        None, "eps* is the recipe's: the baseline")
+
+
+def test_run_records_each_cell_and_refuses_without_a_freeze(tmp_path, capsys, monkeypatch):
+    """The grid's runner with a stand-in for train.py (nothing is trained): records with settings, no
+    checkpoint, finished cells kept; refused at a commit that is not the freeze or after it."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    common = ["--records", str(records), "--runs", str(runs), "--sets", "D", "--seeds", "10", "11",
+              "--lanes", "1", "--train-script", str(fake)]
+    with pytest.raises(SystemExit, match="--freeze 0000000: expected the freeze commit, HEAD or an ancestor"):
+        checks.main(["run", "--freeze", "0000000", *common])
+    assert checks.main(["run", "--freeze", "HEAD", *common]) == 0
+    record = records / "D" / "HC1" / "dseed11"
+    assert (record / "results.json").is_file() and not (record / "last.pt").exists()
+    saved = json.loads((record / "settings.json").read_text())
+    assert "camera=proxies" in saved["queued"]["command"] and saved["end"] >= saved["start"]
+    assert not (records / "D" / "HC2").exists()
+    capsys.readouterr()
+    assert checks.main(["run", "--freeze", "HEAD", *common]) == 0
+    assert "D/baseline/dseed10: finished, kept" in capsys.readouterr().out
+    checks.main(["report", "--records", str(records)])
+    out = capsys.readouterr().out
+    assert "| D | HC1 | 2 of 6 (PARTIAL) |" in out and "predictiveness: no verdict" in out
