@@ -675,6 +675,8 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
         parts.append(f"ARI {row['ari']:.3f} NMI {row['nmi']:.3f}")
     if "loss" in row:
         parts.append(f"loss {row['loss']:.3f} T {row['temperature']:.4f}")
+    if "loss_intra" in row:  # camera=proxies
+        parts.append(f"camera intra {row['loss_intra']:.3f} inter {row['loss_inter']:.3f}")
     if "mAP" in row:
         parts.append(f"mAP {row['mAP']:.1f} R1 {row['rank1']:.1f}")
     times = " ".join(f"{k[5:]} {row[k]:.1f}s" for k in ("time_extract", "time_cluster", "time_train", "time_eval")

@@ -70,6 +70,14 @@ def camera_proxy_losses(features: torch.Tensor, labels: torch.Tensor, cameras: t
             raise ValueError(f"camera proxies: expected {name} of shape ({size},), got {tuple(t.shape)}")
     if not isinstance(hard_negatives, int) or hard_negatives < 0:
         raise SettingError("hard_negatives", hard_negatives, "an integer >= 0")
+    intra, inter = _camera_terms(features, labels, cameras, proxies, proxy_labels, proxy_cameras, temperature,
+                                 hard_negatives)
+    return intra, inter
+
+
+def _camera_terms(features, labels, cameras, proxies, proxy_labels, proxy_cameras, temperature: float,
+                  hard_negatives: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`camera_proxy_losses` without the checks; ``hard_negatives=None`` skips the inter-camera term."""
     logits = F.normalize(features, dim=1) @ proxies.detach().to(features.dtype).t() / temperature  # [B, P]
     same_cluster = labels[:, None] == proxy_labels[None, :]
     same_camera = cameras[:, None] == proxy_cameras[None, :]
@@ -77,6 +85,9 @@ def camera_proxy_losses(features: torch.Tensor, labels: torch.Tensor, cameras: t
     log_p = F.log_softmax(logits.masked_fill(~same_camera, float("-inf")), dim=1)
     own = same_cluster & same_camera  # one proxy per row
     intra = -torch.where(own, log_p, torch.zeros_like(log_p)).sum(1)
+    if hard_negatives is None:
+        return _per_camera_mean_sum(intra, cameras), None
+    p = proxies.shape[0]
     # inter-camera: all proxies of the cluster against the hardest proxies of other clusters
     k = min(hard_negatives, p)
     hardest = logits.detach().masked_fill(same_cluster, float("-inf")).topk(k, dim=1).indices
@@ -192,10 +203,11 @@ class CameraProxies(nn.Module):
                 inter: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(intra, inter)`` of a batch (see :func:`camera_proxy_losses`); ``inter=False`` skips the
         inter-camera term (``None``)."""
-        intra_loss, inter_loss = camera_proxy_losses(features, labels, cameras, self.proxies(), self.proxy_labels,
-                                                     self.proxy_cameras, self.temperature,
-                                                     self.hard_negatives if inter else 0)
-        return intra_loss, inter_loss if inter else None
+        if features.ndim != 2 or labels.shape != features.shape[:1] or cameras.shape != features.shape[:1]:
+            raise ValueError(f"camera proxies: expected features [B, D], labels [B] and cameras [B], got "
+                             f"{tuple(features.shape)}, {tuple(labels.shape)}, {tuple(cameras.shape)}")
+        return _camera_terms(features, labels, cameras, self.proxies(), self.proxy_labels, self.proxy_cameras,
+                             self.temperature, self.hard_negatives if inter else None)
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor, cameras: torch.Tensor,
