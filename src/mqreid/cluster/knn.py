@@ -52,9 +52,9 @@ _NORM_TOL = 1e-3
 # (upper triangle); what ``approx`` costs depends on how many rows its check searches against all points.
 # On clustered features with 10% background (11-16% of rows searched in full) the two break even at 50k
 # points (D = 256 and D = 2048) and approx is 1.7x faster at 100k, 2.1x at 200k; on loose features
-# (noise 1.5: 88-94% of rows searched in full) approx is slower at every N (2.2x at 50k, 1.9x at 100k):
-# its full searches alone cost ~0.9 N^2 D. The switch is where the measured gain on clustered features
-# first covers the loss on loose ones.
+# (noise 1.5: 88-97% of rows searched in full) approx is slower at every N (2.2x at 50k, 1.9x at 100k,
+# 1.7x at 200k): its full searches alone cost ~0.9 N^2 D. The switch is the first measured N at which the
+# gain on clustered features covers the loss on loose ones (both ratios fall with N).
 AUTO_APPROX_ABOVE = 200_000
 # Largest N^2 * D that ``auto`` searches exactly on an accelerator (full-width panels, both triangles):
 # at ~1e13 fp32 multiply-adds per second (an A100; an H100 is ~3x faster) 1M x 2048 (2e15) takes ~3.5 min
