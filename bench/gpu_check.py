@@ -128,7 +128,8 @@ EVAL_CUDA_S = 30.0        # evaluation at MSMT17 size on CUDA
 ONNX_TOL = 1e-4           # onnxruntime against torch, fp32
 CRITERIA = {
     "environment": "CUDA is available; hydra, omegaconf, infomap and mqreid import",
-    "bn_span": f"a BatchNorm group spread over 2 ranks equals one process's BatchNorm (relative error <= "
+    "bn_span": f"groups within one process equal one BatchNorm call per group; a BatchNorm group spread over 2 "
+               f"ranks equals one process's BatchNorm (relative error <= "
                f"{BN_TOL['fp32']:g} fp32, {BN_TOL['bf16']:g} bf16; a backbone's step within "
                f"{'/'.join(f'{v:g}' for v in MODEL_TOL.values())} for {', '.join(MODEL_TOL)}); SyncBatchNorm's kernels "
                f"equal F.batch_norm to the same tolerances",
@@ -827,6 +828,36 @@ def compare_bn(r: Report, name: str, got: dict, want: dict, tol: float) -> None:
             f"relative error <= {tol:g} (worst: {worst})")
 
 
+def groups_in_process(r: Report, ctx: Context, device) -> None:
+    """BatchNorm groups within one process (the 1- and 2-GPU presets: 4 or 2 groups of 64 per GPU): each
+    group's kernel writes into one output through the ``out=`` variants of native_batch_norm and its backward.
+    Against one F.batch_norm per group on the same device: output, input gradient, running statistics."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mqreid.models.ghost_bn import convert_ghost_bn
+
+    r.begin("BatchNorm groups within one process")
+    for case in bn_layer_cases(ctx.smoke)[:3]:
+        group, channels = case["shape"][:2]
+        t = bn_case_tensors(dict(case, shape=(2 * group, *case["shape"][1:])), device)
+        ghost = convert_ghost_bn(nn.BatchNorm2d(channels), group).to(device).train()
+        x = t["x1"].detach().clone().requires_grad_(True)
+        out = ghost(x)
+        out.backward(t["x2"])
+        ref_x = t["x1"].detach().clone().requires_grad_(True)
+        mean, var = torch.zeros(channels, device=device), torch.ones(channels, device=device)
+        runs = [(mean.clone(), var.clone()) for _ in range(2)]
+        want = torch.cat([F.batch_norm(part, m, v, ghost.weight.detach(), ghost.bias.detach(), True, 0.1, 1e-5)
+                          for part, (m, v) in zip(ref_x.split(group), runs)])
+        want.backward(t["x2"])
+        got = {"out": out.detach(), "grad_input": x.grad, "running_mean": ghost.running_mean}
+        ref = {"out": want.detach(), "grad_input": ref_x.grad, "running_mean": (runs[0][0] + runs[1][0]) / 2}
+        compare_bn(r, f"2 groups of {group} in one process, {case['name']} {tuple(t['x1'].shape)}", got, ref,
+                   BN_TOL[case["dtype"]])
+
+
 def section_bn_span(r: Report, ctx: Context) -> None:
     import torch
 
@@ -834,6 +865,10 @@ def section_bn_span(r: Report, ctx: Context) -> None:
     device = torch.device("cpu" if ctx.smoke else "cuda:0")
     if device.type == "cuda":
         no_tf32()
+    try:
+        groups_in_process(r, ctx, device)
+    except Exception as err:  # noqa: BLE001 - reported; the spans below are checked all the same
+        r.error("BatchNorm groups within one process", err)
     try:
         groups_over_ranks(r, ctx, device, world)
     except Exception as err:  # noqa: BLE001 - reported; the kernels below are checked all the same
