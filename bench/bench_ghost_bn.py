@@ -7,13 +7,11 @@ Times a ResNet-50 training step (forward, a squared-feature loss, backward; no o
 BatchNorm as:
 
 - ``plain``: torch's BatchNorm over the whole per-process batch (``train.bn_group=null``);
-- ``groups``: :class:`mqreid.models.ghost_bn.GhostBatchNorm` (``train.bn_group=<group>``), whose groups are
-  normalised by one kernel call each writing straight into one output;
-- ``split``: the same statistics computed as a module-level loop would: split the batch, one ``F.batch_norm``
-  per group, ``torch.cat`` (the extra copies forward and backward are what ``groups`` avoids).
+- ``groups``: :class:`mqreid.models.ghost_bn.GhostBatchNorm` (``train.bn_group=<group>``): the batch split
+  into groups, one ``F.batch_norm`` per group, ``torch.cat``.
 
-``groups`` and ``split`` must give the same outputs and gradients (checked, printed). Each variant is timed
-``--repeat`` times, alternating, and the best is kept (the least disturbed by other work on the machine).
+Each variant is timed ``--repeat`` times, alternating, and the best is kept (the least disturbed by other
+work on the machine).
 """
 
 from __future__ import annotations
@@ -28,44 +26,20 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mqreid.models.ghost_bn import GhostBatchNorm, convert_ghost_bn  # noqa: E402
+from mqreid.models.ghost_bn import convert_ghost_bn  # noqa: E402
 from mqreid.models.precision import autocast  # noqa: E402
 
 
-class SplitBatchNorm(GhostBatchNorm):
-    """The same groups as a split, one F.batch_norm per group and a cat (for comparison only)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return super().forward(x)
-        self.num_batches_tracked.add_(1)
-        outs, means, variances = [], [], []
-        for part in x.split(self.group_size):
-            mean, var = self.running_mean.clone(), self.running_var.clone()
-            outs.append(F.batch_norm(part, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
-            means.append(mean)
-            variances.append(var)
-        with torch.no_grad():
-            self.running_mean.copy_(torch.stack(means).mean(0))
-            self.running_var.copy_(torch.stack(variances).mean(0))
-        return torch.cat(outs)
-
-
-def resnet50(group: int | None, split: bool, device: torch.device, channels_last: bool) -> nn.Module:
+def resnet50(group: int | None, device: torch.device, channels_last: bool) -> nn.Module:
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
     model.fc = nn.Identity()
     model = convert_ghost_bn(model, group)
-    if split:
-        for module in model.modules():
-            if isinstance(module, GhostBatchNorm):
-                module.__class__ = SplitBatchNorm
     model = model.to(device).train()
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
@@ -108,12 +82,8 @@ def main(argv=None) -> None:
     x = torch.randn(args.batch, 3, args.height, args.width, generator=torch.Generator().manual_seed(0)).to(device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    models = {"plain": resnet50(None, False, device, args.channels_last),
-              "groups": resnet50(args.group, False, device, args.channels_last),
-              "split": resnet50(args.group, True, device, args.channels_last)}
-    (out_g, grad_g), (out_s, grad_s) = (step(models[k], x, args.precision) for k in ("groups", "split"))
-    print(f"groups against split: outputs equal {torch.equal(out_g, out_s)}, max |input gradient difference| "
-          f"{(grad_g - grad_s).abs().max().item():.2g}")
+    models = {"plain": resnet50(None, device, args.channels_last),
+              "groups": resnet50(args.group, device, args.channels_last)}
     best = {name: float("inf") for name in models}
     for _ in range(args.repeat):
         for name, model in models.items():

@@ -829,9 +829,8 @@ def compare_bn(r: Report, name: str, got: dict, want: dict, tol: float) -> None:
 
 
 def groups_in_process(r: Report, ctx: Context, device) -> None:
-    """BatchNorm groups within one process (the 1- and 2-GPU presets: 4 or 2 groups of 64 per GPU): each
-    group's kernel writes into one output through the ``out=`` variants of native_batch_norm and its backward.
-    Against one F.batch_norm per group on the same device: output, input gradient, running statistics."""
+    """BatchNorm groups within one process (the 1- and 2-GPU presets: 4 or 2 groups of 64 per GPU), against
+    one F.batch_norm per group on the same device: output, input gradient, running statistics."""
     import torch
     import torch.nn.functional as F
     from torch import nn

@@ -127,9 +127,9 @@ def test_groups_spanning_processes_equal_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "bf16"])
-def test_fused_groups_match_one_batchnorm_per_group(layout):
-    """The in-process groups (one output, each group's kernel writing its rows) equal one BatchNorm call per
-    group, forward and backward, in channels_last and under bfloat16 autocast too."""
+def test_groups_match_one_batchnorm_per_group_in_every_layout(layout):
+    """The in-process groups equal one BatchNorm call per group, forward and backward, in channels_last and
+    under bfloat16 autocast too."""
     torch.manual_seed(3)
     x = torch.randn(8, 4, 5, 3) * 2 + 1
     if layout == "channels_last":
