@@ -142,15 +142,7 @@ def convert_ghost_bn(module: nn.Module, group_size: int | None) -> nn.Module:
     if group_size is None:
         return module
     if isinstance(module, _BatchNorm) and not isinstance(module, (GhostBatchNorm, nn.SyncBatchNorm)):
-        tensors = [*module.parameters(), *module.buffers()]
-        ghost = GhostBatchNorm(module.num_features, group_size, eps=module.eps, momentum=module.momentum,
-                               affine=module.affine, track_running_stats=module.track_running_stats,
-                               device=tensors[0].device if tensors else None)
-        ghost.load_state_dict(module.state_dict())
-        if module.affine:
-            ghost.weight.requires_grad_(module.weight.requires_grad)
-            ghost.bias.requires_grad_(module.bias.requires_grad)
-        return ghost
+        return _replaced(module, GhostBatchNorm, group_size=group_size)
     for name, child in module.named_children():
         setattr(module, name, convert_ghost_bn(child, group_size))
     return module
@@ -183,12 +175,17 @@ def set_process_group(module: nn.Module, group, ranks: int) -> nn.Module:
 
 
 def _sync_batch_norm(layer: GhostBatchNorm, group) -> nn.SyncBatchNorm:
+    return _replaced(layer, nn.SyncBatchNorm, process_group=group)
+
+
+def _replaced(layer: _BatchNorm, cls, **kwargs) -> _BatchNorm:
+    """A ``cls`` BatchNorm layer (with ``kwargs``) holding ``layer``'s settings, parameters, buffers, device and
+    frozen flags."""
     tensors = [*layer.parameters(), *layer.buffers()]
-    sync = nn.SyncBatchNorm(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-                            track_running_stats=layer.track_running_stats, process_group=group,
-                            device=tensors[0].device if tensors else None)
-    sync.load_state_dict(layer.state_dict())
+    new = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+              track_running_stats=layer.track_running_stats, device=tensors[0].device if tensors else None, **kwargs)
+    new.load_state_dict(layer.state_dict())
     if layer.affine:
-        sync.weight.requires_grad_(layer.weight.requires_grad)
-        sync.bias.requires_grad_(layer.bias.requires_grad)
-    return sync
+        new.weight.requires_grad_(layer.weight.requires_grad)
+        new.bias.requires_grad_(layer.bias.requires_grad)
+    return new
