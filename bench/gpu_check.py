@@ -1801,9 +1801,15 @@ def run_section(name: str, args: argparse.Namespace, env: dict[str, str], work: 
     return rows, {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1), "exit": rc, "cap": round(allowed)}
 
 
-def section_status(rows: list[dict]) -> str:
+def section_status(rows: list[dict], finished: bool = True) -> str:
+    """FAIL if any row failed; a section ended by its cap is otherwise a SKIP (what it did not reach is unchecked),
+    however many of its rows passed; else PASS, INFO, SKIP in that order."""
     statuses = {row["status"] for row in rows}
-    for status in (FAIL, PASS, INFO):
+    if FAIL in statuses:
+        return FAIL
+    if not finished:
+        return SKIP
+    for status in (PASS, INFO):
         if status in statuses:
             return status
     return SKIP
@@ -1936,7 +1942,7 @@ def main(argv=None) -> int:
             for row in section_rows:
                 print(f"  [{row['status']}] {row['measure']}: {row['value']}", flush=True)
             rows += section_rows
-            summary[name] = {"status": section_status(section_rows), **info}
+            summary[name] = {"status": section_status(section_rows, finished=info["exit"] is not None), **info}
     except CheckInterrupted as err:
         stopped = err
     finally:

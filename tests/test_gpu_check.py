@@ -68,6 +68,16 @@ def test_compare_rows_ignores_times_and_tolerates_tiny_loss_differences():
     assert gpu_check.compare_rows(a, b) == (False, "epoch 1: mAP 12.0 vs 12.5")
 
 
+def test_a_section_ended_by_its_cap_is_a_skip_even_after_passing_rows_but_a_failure_stays_a_failure():
+    passed = {"status": gpu_check.PASS}
+    cut = {"status": gpu_check.SKIP}
+    assert gpu_check.section_status([passed, cut], finished=False) == gpu_check.SKIP
+    assert gpu_check.section_status([{"status": gpu_check.FAIL}, cut], finished=False) == gpu_check.FAIL
+    assert gpu_check.section_status([passed, {"status": gpu_check.INFO}]) == gpu_check.PASS
+    assert gpu_check.section_status([{"status": gpu_check.INFO}]) == gpu_check.INFO
+    assert gpu_check.section_status([cut]) == gpu_check.SKIP
+
+
 def test_sync_counter_names_each_place_and_fails_per_step_or_unexplained_ones(tmp_path):
     counter = gpu_check.SyncCounter()
 
