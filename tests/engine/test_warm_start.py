@@ -60,6 +60,18 @@ def test_pretraining_never_calls_nll_loss(tmp_path, monkeypatch):
     assert state and all(torch.isfinite(v.float()).all() for v in state.values() if v.is_floating_point())
 
 
+def test_the_instance_norm_small_cnn_has_its_own_warm_start_that_loads_as_its_trunk(tmp_path):
+    ibn = OmegaConf.merge(SMALL, {"arch": "small_cnn_ibn"})
+    path = warm_start.cache_path(ibn, 32, 16, tmp_path, TINY_SOURCE)
+    assert path.name.startswith("synthetic_small_cnn_ibn_32x16_")
+    assert path != warm_start.cache_path(SMALL, 32, 16, tmp_path, TINY_SOURCE)
+    state = warm_start.pretrain(ibn, 32, 16, tmp_path, source=TINY_SOURCE, progress=False)
+    assert any(".IN." in k for k in state)
+    torch.save(state, tmp_path / "ibn.pth")
+    model = build_model("small_cnn_ibn", widths=[4, 8], pretrained=str(tmp_path / "ibn.pth"))
+    assert all(torch.equal(model.trunk.state_dict()[k], state[k]) for k in state)
+
+
 def test_resnet_trunks_are_saved_under_torchvision_names(tmp_path):
     trunk, channels = build_trunk("resnet18")
     state = warm_start._trunk_state(EmbeddingNet(trunk, channels), "resnet18")

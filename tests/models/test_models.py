@@ -4,7 +4,8 @@ import torch
 from mqreid.models import IBN, build_model
 
 
-@pytest.mark.parametrize("arch,dim", [("small_cnn", 256), ("resnet18", 512), ("resnet50_ibn", 2048)])
+@pytest.mark.parametrize("arch,dim", [("small_cnn", 256), ("small_cnn_ibn", 256), ("resnet18", 512),
+                                      ("resnet50_ibn", 2048)])
 def test_embeddings_are_normalised_in_train_and_eval(arch, dim):
     torch.manual_seed(0)
     model = build_model(arch)
@@ -26,6 +27,23 @@ def test_ibn_a_replaces_bn1_in_layers_1_to_3():
     trunk = build_model("resnet50_ibn").trunk
     layer1, layer4 = trunk[4], trunk[7]
     assert isinstance(layer1[0].bn1, IBN) and not isinstance(layer4[0].bn1, IBN)
+
+
+def test_small_cnn_ibn_puts_ibn_in_the_first_norm_of_stages_1_to_3_and_loads_its_own_weights(tmp_path):
+    from mqreid.models import SmallCNN
+
+    trunk = build_model("small_cnn_ibn").trunk
+    norms = [m for m in trunk.body if isinstance(m, (IBN, torch.nn.BatchNorm2d))]
+    assert [type(m).__name__ for m in norms] == ["IBN", "BatchNorm2d"] * 3 + ["BatchNorm2d"] * 2
+    assert [m.half for m in norms if isinstance(m, IBN)] == [16, 32, 64]  # half of 32, 64, 128 channels
+    plain = sum(p.numel() for p in SmallCNN().parameters())
+    assert sum(p.numel() for p in trunk.parameters()) == plain  # IN's affine pairs replace BN's one for one
+    torch.save(trunk.state_dict(), tmp_path / "ibn.pth")
+    again = build_model("small_cnn_ibn", pretrained=str(tmp_path / "ibn.pth")).trunk
+    assert all(torch.equal(a, b) for a, b in zip(trunk.state_dict().values(), again.state_dict().values()))
+    torch.save(SmallCNN().state_dict(), tmp_path / "plain.pth")  # the plain CNN's weights are refused by name
+    with pytest.raises(RuntimeError, match="not small_cnn_ibn weights"):
+        build_model("small_cnn_ibn", pretrained=str(tmp_path / "plain.pth"))
 
 
 def test_pretrained_from_a_path_and_clear_errors(tmp_path, monkeypatch):

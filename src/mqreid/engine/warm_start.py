@@ -75,7 +75,7 @@ SOURCE = SourceDomain()  # what backbone.pretrained=synthetic trains on
 def _trunk_state(model: torch.nn.Module, arch: str) -> dict[str, torch.Tensor]:
     """The trunk's weights in the format :func:`mqreid.models.build_trunk` loads for ``arch``."""
     state = {k: v.detach().cpu().clone() for k, v in model.trunk.state_dict().items()}
-    if arch == "small_cnn" or arch.startswith("vit"):  # a ViT trunk's keys are timm's, which it loads as they are
+    if arch.startswith(("small_cnn", "vit")):  # a ViT trunk's keys are timm's, which it loads as they are
         return state
     # ResNet trunks are nn.Sequential(conv1, bn1, relu, maxpool, layer1..4): back to torchvision's names
     out = {}

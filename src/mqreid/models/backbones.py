@@ -20,7 +20,7 @@ _TORCHVISION_WEIGHTS = {
     "resnet18": resnet.ResNet18_Weights.IMAGENET1K_V1,
     "resnet50": resnet.ResNet50_Weights.IMAGENET1K_V1,
 }
-ARCHS = ("resnet18", "resnet50", "resnet50_ibn", "small_cnn")
+ARCHS = ("resnet18", "resnet50", "resnet50_ibn", "small_cnn", "small_cnn_ibn")
 
 
 class IBN(nn.Module):
@@ -53,15 +53,20 @@ def _to_ibn_a(net: resnet.ResNet) -> None:
 
 
 class SmallCNN(nn.Module):
-    """Four stages of two conv-BN-ReLU (default 32-256 channels, ~1.2 M parameters): trains on a CPU."""
+    """Four stages of two conv-BN-ReLU (default 32-256 channels, ~1.2 M parameters): trains on a CPU.
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+    ``ibn=True`` is its instance-norm variant (``small_cnn_ibn``), placed as IBN-a places it in a ResNet: the
+    first normalisation of every stage but the last is :class:`IBN` (half InstanceNorm, half BatchNorm), the
+    rest stay BatchNorm. Same convolutions and parameter count up to the InstanceNorm's affine pairs."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), ibn: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = 3
         for i, w in enumerate(widths):
             stride = 1 if i == len(widths) - 1 else 2
-            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            first_norm = IBN(w) if ibn and i < len(widths) - 1 else nn.BatchNorm2d(w)
+            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), first_norm, nn.ReLU(inplace=True),
                        nn.Conv2d(w, w, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(w),
                        nn.ReLU(inplace=True)]
             cin = w
@@ -109,19 +114,19 @@ def load_pretrained(arch: str, pretrained: bool | str) -> dict[str, torch.Tensor
 def build_trunk(arch: str, *, pretrained: bool | str = False, last_stride: int = 1,
                 widths: tuple[int, ...] | None = None) -> tuple[nn.Module, int]:
     """Build a trunk by name (one of :data:`ARCHS`); ``widths`` sets the stage widths of ``small_cnn``."""
-    if widths is not None and arch != "small_cnn":
-        raise ValueError(f"backbone.widths applies to small_cnn only, not to {arch!r}")
-    if arch == "small_cnn":
-        net = SmallCNN(tuple(widths) if widths is not None else (32, 64, 128, 256))
+    if widths is not None and not arch.startswith("small_cnn"):
+        raise ValueError(f"backbone.widths applies to small_cnn and small_cnn_ibn only, not to {arch!r}")
+    if arch.startswith("small_cnn") and arch in ARCHS:
+        net = SmallCNN(tuple(widths) if widths is not None else (32, 64, 128, 256), ibn=arch == "small_cnn_ibn")
         if pretrained is True or str(pretrained).lower() in ("true", "imagenet"):
-            raise ValueError("backbone.pretrained: small_cnn has no ImageNet weights; set it to false, to synthetic "
-                             "(the synthetic warm start) or to the path of a small_cnn weight file")
+            raise ValueError(f"backbone.pretrained: {arch} has no ImageNet weights; set it to false, to synthetic "
+                             f"(the synthetic warm start) or to the path of a {arch} weight file")
         state = load_pretrained(arch, pretrained)
         if state is not None:
             try:
                 net.load_state_dict(state)
             except RuntimeError as err:
-                raise RuntimeError(f"backbone.pretrained={pretrained}: not small_cnn weights of widths "
+                raise RuntimeError(f"backbone.pretrained={pretrained}: not {arch} weights of widths "
                                    f"{widths or (32, 64, 128, 256)}: {err}") from err
         return net, net.out_channels
     if arch not in ARCHS:
