@@ -75,8 +75,9 @@ def ablation(run_dir: Path, overrides: list[str]) -> list[str]:
             "--set", *overrides, "progress=false"]
 
 
-def run_all(commands: list[list[str]], lanes: int) -> int:
-    """Run the commands, ``lanes`` at a time; with more than one lane each lane is pinned to one core."""
+def run_all(commands: list[list[str]], lanes: int, on_done=None) -> int:
+    """Run the commands, ``lanes`` at a time; with more than one lane each lane is pinned to one core.
+    ``on_done(command, returncode)``, when given, is called as each command ends (from its lane's thread)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if lanes > 1 and len(cores) < lanes:
         raise SystemExit(f"error: --lanes {lanes}: only {len(cores) or 'an unknown number of'} core(s) to pin to")
@@ -93,8 +94,11 @@ def run_all(commands: list[list[str]], lanes: int) -> int:
             except queue.Empty:
                 return
             print(f"+ [lane {k}] {' '.join(cmd[1:])}", flush=True)
-            if subprocess.run(cmd, cwd=REPO, preexec_fn=pin).returncode != 0:
+            returncode = subprocess.run(cmd, cwd=REPO, preexec_fn=pin).returncode
+            if returncode != 0:
                 failed.append(cmd)
+            if on_done is not None:
+                on_done(cmd, returncode)
 
     threads = [threading.Thread(target=lane, args=(k,)) for k in range(lanes)]
     for t in threads:

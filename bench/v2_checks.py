@@ -34,6 +34,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +62,14 @@ HELD_OUT = ("HC1", "HC2")
 EPS_GRID = tuple(round(0.30 + 0.02 * i, 2) for i in range(26))  # R2's eps* rule: 0.30, 0.32, ..., 0.80
 HELD_OUT_CELLS = ("baseline", "HC1", "HC2", "placebo")
 RUNS = REPO / "bench" / "runs" / "v2" / "checks"
-# arm -> its overrides against the baseline (the set's recipe); "{seed}" is the cell's dataset seed. HC2's
-# network, an instance-norm small CNN with its own warm start, does not exist yet: its overrides are None and
-# ``run`` refuses its cells until they are defined here.
+# arm -> its overrides against the baseline (the set's recipe); "{seed}" is the cell's dataset seed. HC2 is the
+# instance-norm small CNN (backbone=small_cnn_ibn); the recipe's backbone.pretrained=synthetic gives it its own
+# warm start, trained on the small CNN's source domain with its pretraining recipe (``warm-start`` trains it
+# once, before the cells that need it; an arm left None is refused by ``run``).
 ARMS: dict[str, list[str] | None] = {
     "baseline": [],
     "HC1": ["camera=proxies"],
-    "HC2": None,
+    "HC2": ["backbone=small_cnn_ibn"],
     "placebo": ["train.camera_centering=true", "train.camera_permutation_seed={seed}"],
     "R1": ["memory=centroid"],
     "R2": ["clusterer=infomap"],
@@ -286,14 +288,41 @@ def plan(records: Path, runs: Path, sets=tuple(SETS), seeds=SEEDS, train_script:
     return cells
 
 
+WARM_START_RECORD = "HC2_warm_start.json"
+
+
+def warm_start(records: Path, overrides: list[str]) -> dict:
+    """Train (or find cached) HC2's warm start, the instance-norm small CNN's, exactly as its cells resolve
+    ``backbone.pretrained=synthetic``; record the file, its sha1 and the seconds it took."""
+    import hashlib
+
+    from hydra import compose, initialize_config_dir
+
+    from mqreid.engine.warm_start import cache_path, synthetic_weights
+    from v2_calibration import SETS as DATASETS
+    from v2_calibration import settings, write_json
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"dataset={DATASETS['D']}", *ARMS["HC2"], *overrides])
+    cached = cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root).is_file()
+    start = time.perf_counter()
+    path = synthetic_weights(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root, progress=False)
+    record = {"arch": cfg.backbone.arch, "input": [cfg.input.height, cfg.input.width], "file": path.name,
+              "sha1": hashlib.sha1(path.read_bytes()).hexdigest(), "trained_now": not cached,
+              "seconds": round(time.perf_counter() - start, 1), "settings": settings(sys.argv)}
+    write_json(records / WARM_START_RECORD, record)
+    return record
+
+
 def run(args) -> int:
     """The grid: the cells of ``plan`` not finished yet, ``--lanes`` at a time, each record copied (with its
-    settings) to ``<records>/<set>/<arm>/dseed<N>/`` as the grid ends; refused unless HEAD is the freeze
-    commit or a descendant of it."""
+    settings) to ``<records>/<set>/<arm>/dseed<N>/`` as soon as its job ends; refused unless HEAD is the freeze
+    commit or a descendant of it. When HC2's cells are to run, its warm start is the first job of the queue
+    (it is deterministic and used by nothing before HC2's cells, which come after the baselines and HC1)."""
     import subprocess
 
     from hard_checks import run_all
-    from v2_calibration import copy_records, queue_run
+    from v2_calibration import queue_run
 
     def git(*a: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True)
@@ -302,20 +331,37 @@ def run(args) -> int:
         raise SystemExit(f"error: --freeze {args.freeze}: expected the freeze commit, HEAD or an ancestor of it "
                          "(the grid runs only after the generator is frozen)")
     cells = plan(args.records, args.runs, args.sets, args.seeds, args.train_script)
-    commands = []
+    commands, where = [], {}
     for (set_name, arm, seed), run_dir, command, why in cells:
         if command is None:
             print(f"{set_name}/{arm}/dseed{seed}: not run ({why})")
         elif (run_dir / "results.json").is_file():
             print(f"{set_name}/{arm}/dseed{seed}: finished, kept")
+            collect(run_dir, args.records / set_name / arm / f"dseed{seed}")
         else:
             commands.append(command)
+            where[id(command)] = (run_dir, args.records / set_name / arm / f"dseed{seed}")
             queue_run(run_dir, command)
-    status = run_all(commands, args.lanes) if commands else 0
-    for (set_name, arm, seed), run_dir, command, _ in cells:
-        if command is not None and copy_records(run_dir, args.records / set_name / arm / f"dseed{seed}"):
-            print(f"{set_name}/{arm}/dseed{seed}: recorded")
-    return status
+    if args.train_script is None and not (args.records / WARM_START_RECORD).is_file() and any(
+            "backbone=small_cnn_ibn" in c for c in commands):
+        commands.insert(0, ["nice", "-n", "19", sys.executable, str(Path(__file__).resolve()), "warm-start",
+                            "--records", str(args.records)])
+
+    def done(command: list[str], returncode: int) -> None:
+        if id(command) in where:
+            collect(*where[id(command)])
+
+    return run_all(commands, args.lanes, on_done=done) if commands else 0
+
+
+def collect(run_dir: Path, record: Path) -> None:
+    """Copy a finished job's records (no checkpoints) with its settings, unless they are already there."""
+    from v2_calibration import copy_records
+
+    if (record / "results.json").is_file():
+        return
+    if copy_records(run_dir, record):
+        print(f"{record.relative_to(record.parents[2])}: recorded", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -502,11 +548,11 @@ def report(records: Path = RECORDS) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("report", "eps-star", "plan", "run"))
+    ap.add_argument("command", choices=("report", "eps-star", "plan", "run", "warm-start", "collect"))
     ap.add_argument("--records", type=Path, default=RECORDS, help="the grid's records (default: %(default)s)")
     ap.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS), help="eps-star: the sets")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="eps-star: dataset seeds (10-15)")
-    ap.add_argument("--overrides", nargs="*", default=[], help="eps-star: more Hydra overrides (e.g. debug=fast)")
+    ap.add_argument("--overrides", nargs="*", default=[], help="eps-star, warm-start: more Hydra overrides (e.g. debug=fast)")
     ap.add_argument("--runs", type=Path, default=RUNS, help="plan, run: where the jobs run (default: %(default)s)")
     ap.add_argument("--lanes", type=int, default=2, help="run: jobs at a time, each pinned to one core when > 1")
     ap.add_argument("--freeze", help="run: the freeze commit (the grid runs at it or at a later commit)")
@@ -523,6 +569,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.lanes < 1:
             ap.error("--lanes must be >= 1")
         return run(args)
+    if args.command == "warm-start":
+        record = warm_start(args.records, args.overrides)
+        print(f"HC2's warm start: {record['file']} (sha1 {record['sha1']}), "
+              f"{'trained' if record['trained_now'] else 'cached'}, {record['seconds']:.0f} s")
+        return 0
+    if args.command == "collect":  # copy the records of finished jobs (e.g. while a grid is running)
+        for (set_name, arm, seed), run_dir, command, _ in plan(args.records, args.runs, args.sets, args.seeds):
+            if command is not None:
+                collect(run_dir, args.records / set_name / arm / f"dseed{seed}")
+        return 0
     if args.command == "eps-star":
         for set_name in args.sets:
             record = measure_eps(set_name, args.seeds, args.records.resolve(), args.overrides)

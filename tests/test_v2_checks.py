@@ -189,7 +189,9 @@ def test_plan_orders_the_cells_and_names_what_is_not_defined(tmp_path):
     names = [f"{s}/{arm}" for (s, arm, _), _, _, _ in cells]
     assert names[:6] == ["D/baseline", "H/baseline", "D/HC1", "H/HC1", "D/HC2", "H/HC2"]
     why = {f"{s}/{arm}": w for (s, arm, _), _, command, w in cells if command is None}
-    assert why["D/HC2"] == "HC2's overrides are not defined yet" and why["H/R2-dbscan"] == "no eps* record (eps-star)"
+    assert "D/HC2" not in why and why["H/R2-dbscan"] == "no eps* record (eps-star)"
+    hc2 = next(c for (s, arm, _), _, c, _ in cells if (s, arm) == ("D", "HC2"))
+    assert "backbone=small_cnn_ibn" in hc2 and "dataset=synthetic_v2" in hc2
     placebo = next(c for (s, arm, _), _, c, _ in cells if (s, arm) == ("H", "placebo"))
     assert "train.camera_permutation_seed=10" in placebo and "dataset=synthetic_v2_hard" in placebo
     (tmp_path / "records").mkdir()
@@ -217,10 +219,63 @@ def test_run_records_each_cell_and_refuses_without_a_freeze(tmp_path, capsys, mo
     assert (record / "results.json").is_file() and not (record / "last.pt").exists()
     saved = json.loads((record / "settings.json").read_text())
     assert "camera=proxies" in saved["queued"]["command"] and saved["end"] >= saved["start"]
-    assert not (records / "D" / "HC2").exists()
+    assert "backbone=small_cnn_ibn" in json.loads((records / "D" / "HC2" / "dseed10" / "settings.json").read_text(
+        ))["queued"]["command"]
     capsys.readouterr()
     assert checks.main(["run", "--freeze", "HEAD", *common]) == 0
     assert "D/baseline/dseed10: finished, kept" in capsys.readouterr().out
     checks.main(["report", "--records", str(records)])
     out = capsys.readouterr().out
     assert "| D | HC1 | 2 of 6 (PARTIAL) |" in out and "predictiveness: no verdict" in out
+
+
+def test_an_arm_left_undefined_is_not_run(tmp_path, monkeypatch):
+    monkeypatch.setitem(checks.ARMS, "HC2", None)
+    cells = checks.plan(tmp_path / "records", tmp_path / "runs", seeds=(10,))
+    why = {f"{s}/{arm}": w for (s, arm, _), _, command, w in cells if command is None}
+    assert why["D/HC2"] == "HC2's overrides are not defined yet"
+
+
+def test_each_job_is_recorded_as_it_ends_not_when_the_grid_ends(tmp_path, monkeypatch):
+    """A grid cut off part way (the machine taken back) keeps the records of every job that had finished."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import hard_checks
+
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    records, runs = tmp_path / "records", tmp_path / "runs"
+    seen = []
+
+    def one_then_stop(commands, lanes, on_done=None):
+        import subprocess
+
+        subprocess.run(commands[0], check=True)
+        on_done(commands[0], 0)
+        seen.append(sorted(p.parent.name for p in records.rglob("results.json")))
+        raise KeyboardInterrupt  # the rest never runs
+
+    monkeypatch.setattr(hard_checks, "run_all", one_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        checks.main(["run", "--freeze", "HEAD", "--records", str(records), "--runs", str(runs), "--sets", "D",
+                     "--seeds", "10", "--lanes", "1", "--train-script", str(fake)])
+    assert seen == [["dseed10"]] and (records / "D" / "baseline" / "dseed10" / "results.json").is_file()
+
+
+def test_hc2_warm_start_is_recorded_with_its_digest(tmp_path, monkeypatch):
+    """``warm-start`` resolves HC2's warm start as its cells do (a tiny source domain here: the instance-norm
+    network is not trained on the real one in tests) and records the file and its sha1."""
+    import hashlib
+
+    from mqreid.engine import warm_start
+
+    monkeypatch.setattr(warm_start, "SOURCE", warm_start.SourceDomain(num_ids=4, num_cameras=2, steps=2,
+                                                                       extra={"images_per_id": (4, 5)}))
+    records = tmp_path / "records"
+    assert checks.main(["warm-start", "--records", str(records), "--overrides", f"data_root={tmp_path}"]) == 0
+    record = json.loads((records / checks.WARM_START_RECORD).read_text())
+    path = tmp_path / "pretrained" / record["file"]
+    assert record["arch"] == "small_cnn_ibn" and record["trained_now"] and record["file"].startswith(
+        "synthetic_small_cnn_ibn_64x32_")
+    assert record["sha1"] == hashlib.sha1(path.read_bytes()).hexdigest()
+    assert checks.main(["warm-start", "--records", str(records), "--overrides", f"data_root={tmp_path}"]) == 0
+    assert not json.loads((records / checks.WARM_START_RECORD).read_text())["trained_now"]  # cached
