@@ -85,12 +85,15 @@ def write_json(path: Path, value: dict) -> None:
 
 
 def candidate_sets(name: str, v1: bool, market: list[str], msmt: list[str]) -> dict[str, list[str]]:
-    """Set -> overrides of candidate ``name``; records them on first use and refuses a different definition."""
+    """Set -> overrides of candidate ``name``; records them on first use and refuses a different definition.
+    A recorded candidate named without overrides keeps its recorded ones (``train --candidate c1``)."""
     sets = V1_SETS if v1 else SETS
     definition = {"sets": sets, "overrides": {"D": list(market), "H": list(msmt)}}
     path = RECORDS / name / "candidate.json"
     if path.is_file():
         known = json.loads(path.read_text())
+        if not market and not msmt and known["sets"] == sets:
+            definition["overrides"] = known["overrides"]
         if {k: known[k] for k in definition} != definition:
             raise SystemExit(f"error: candidate {name!r} is defined in {path} as {known['sets']} with overrides "
                              f"{known['overrides']}; got {sets} with {definition['overrides']}: use another name")

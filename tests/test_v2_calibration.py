@@ -52,6 +52,7 @@ def test_a_candidate_keeps_its_definition(tmp_path, monkeypatch):
     assert sets == {"D": ["dataset=synthetic_v2", "dataset.noise=0.4"], "H": ["dataset=synthetic_v2_hard"]}
     assert json.loads((tmp_path / "c0" / "candidate.json").read_text())["overrides"]["D"] == ["dataset.noise=0.4"]
     assert cal.candidate_sets("c0", False, ["dataset.noise=0.4"], []) == sets
+    assert cal.candidate_sets("c0", False, [], []) == sets  # named alone: its recorded overrides
     with pytest.raises(SystemExit, match="candidate 'c0' is defined in"):
         cal.candidate_sets("c0", False, ["dataset.noise=0.5"], [])
     assert cal.candidate_sets("v1", True, [], [])["H"] == ["dataset=synthetic_hard"]
