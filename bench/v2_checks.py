@@ -335,6 +335,8 @@ def run(args) -> int:
     for (set_name, arm, seed), run_dir, command, why in cells:
         if command is None:
             print(f"{set_name}/{arm}/dseed{seed}: not run ({why})")
+        elif (args.records / set_name / arm / f"dseed{seed}" / "results.json").is_file():
+            print(f"{set_name}/{arm}/dseed{seed}: recorded, kept")  # e.g. in a fresh checkout of the records
         elif (run_dir / "results.json").is_file():
             print(f"{set_name}/{arm}/dseed{seed}: finished, kept")
             collect(run_dir, args.records / set_name / arm / f"dseed{seed}")

@@ -223,7 +223,12 @@ def test_run_records_each_cell_and_refuses_without_a_freeze(tmp_path, capsys, mo
         ))["queued"]["command"]
     capsys.readouterr()
     assert checks.main(["run", "--freeze", "HEAD", *common]) == 0
-    assert "D/baseline/dseed10: finished, kept" in capsys.readouterr().out
+    assert "D/baseline/dseed10: recorded, kept" in capsys.readouterr().out
+    import shutil
+
+    shutil.rmtree(runs)  # a fresh checkout holds the records but not the run folders: nothing runs again
+    assert checks.main(["run", "--freeze", "HEAD", *common]) == 0
+    assert not runs.exists() and "D/HC1/dseed11: recorded, kept" in capsys.readouterr().out
     checks.main(["report", "--records", str(records)])
     out = capsys.readouterr().out
     assert "| D | HC1 | 2 of 6 (PARTIAL) |" in out and "predictiveness: no verdict" in out
