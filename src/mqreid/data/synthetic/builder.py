@@ -168,13 +168,13 @@ class SyntheticV2(_SizedSet):
     """The Market-like set of benchmark v2 (docs/benchmark-v2.md): the default set's sizes and camera model (120
     training ids, 100 test ids, 6 cameras in one group, one session) with the v2 nuisances that do not need
     groups: backgrounds drawn per visit from one pool (no camera has a background of its own), cast shadows,
-    a light level that clips or darkens, noise that grows in low light. The starting candidate of the
-    calibration, not yet frozen. ``dataset=synthetic_v2``."""
+    a light level that clips or darkens, noise that grows in low light. Frozen at calibration candidate C1
+    (bench/results/v2/calibration): camera_shift 0.2, noise 0.4, shadows 0.3. ``dataset=synthetic_v2``."""
 
     name = "synthetic_v2"
     defaults = dict(num_train_ids=120, num_test_ids=100, num_cameras=6, num_distractors=100, height=128, width=64,
-                    camera_shift=0.3, noise=0.3, occlusion=0.1,
-                    nuisances=dict(shadows=0.2, exposure=0.15, low_light_noise=1.0, background_pool=8))
+                    camera_shift=0.2, noise=0.4, occlusion=0.1,
+                    nuisances=dict(shadows=0.3, exposure=0.15, low_light_noise=1.0, background_pool=8))
 
 
 class SyntheticV2Hard(_SizedSet):
@@ -183,14 +183,15 @@ class SyntheticV2Hard(_SizedSet):
     of light shared by a group's cameras, each identity mostly in one; identities walking a camera ring
     (two neighbours on either side, moves between the groups rare); backgrounds per visit from the group's
     pool; shadows, clipping and low-light noise; and the first variant's bursts, look-alikes, box jitter and
-    long tail. The starting candidate of the calibration, not yet frozen. ``dataset=synthetic_v2_hard``."""
+    long tail. Frozen at calibration candidate C1 (bench/results/v2/calibration): camera_shift 0.7, group_gap
+    2.0, lookalikes 0.05, box_jitter 1.0. ``dataset=synthetic_v2_hard``."""
 
     name = "synthetic_v2_hard"
     defaults = dict(num_train_ids=350, num_test_ids=300, num_cameras=15, num_train_images=7000, num_query=900,
-                    num_gallery=3600, num_distractors=500, height=128, width=64, camera_shift=0.5, noise=0.5,
+                    num_gallery=3600, num_distractors=500, height=128, width=64, camera_shift=0.7, noise=0.5,
                     occlusion=0.2,
-                    nuisances=dict(burst=4, lookalikes=0.15, box_jitter=1.5, count_spread=1.0, groups=[12, 3],
-                                   group_gap=1.0, sessions=12, session_strength=1.0, session_stay=0.85, shadows=0.4,
+                    nuisances=dict(burst=4, lookalikes=0.05, box_jitter=1.0, count_spread=1.0, groups=[12, 3],
+                                   group_gap=2.0, sessions=12, session_strength=1.0, session_stay=0.85, shadows=0.4,
                                    exposure=0.35, low_light_noise=2.0, walk=2, cross_group=0.02,
                                    background_pool=8))
 
