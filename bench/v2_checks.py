@@ -291,34 +291,59 @@ def plan(records: Path, runs: Path, sets=tuple(SETS), seeds=SEEDS, train_script:
 WARM_START_RECORD = "HC2_warm_start.json"
 
 
-def warm_start(records: Path, overrides: list[str]) -> dict:
-    """Train (or find cached) HC2's warm start, the instance-norm small CNN's, exactly as its cells resolve
-    ``backbone.pretrained=synthetic``; record the file, its sha1 and the seconds it took."""
-    import hashlib
-
+def _hc2_config(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from mqreid.engine.warm_start import cache_path, synthetic_weights
     from v2_calibration import SETS as DATASETS
-    from v2_calibration import settings, write_json
 
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"dataset={DATASETS['D']}", *ARMS["HC2"], *overrides])
+        return compose("config", overrides=[f"dataset={DATASETS['D']}", *ARMS["HC2"], *overrides])
+
+
+def hc2_warm_start_cached(overrides: list[str] = ()) -> bool:
+    """Whether HC2's warm start is in this machine's cache (a fresh machine has the record, not the file)."""
+    from mqreid.engine.warm_start import cache_path
+
+    cfg = _hc2_config(list(overrides))
+    return cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root).is_file()
+
+
+def warm_start(records: Path, overrides: list[str]) -> dict:
+    """Train (or find cached) HC2's warm start, the instance-norm small CNN's, exactly as its cells resolve
+    ``backbone.pretrained=synthetic``; record the file, its sha1 and the seconds it took. When a record exists
+    (its cells ran elsewhere before), it is kept, and the file built here must have its sha1: the grid's HC2
+    cells then start from the same weights on every machine."""
+    import hashlib
+
+    from mqreid.engine.warm_start import cache_path, synthetic_weights
+    from v2_calibration import settings, write_json
+
+    cfg = _hc2_config(overrides)
     cached = cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root).is_file()
     start = time.perf_counter()
     path = synthetic_weights(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root, progress=False)
     record = {"arch": cfg.backbone.arch, "input": [cfg.input.height, cfg.input.width], "file": path.name,
               "sha1": hashlib.sha1(path.read_bytes()).hexdigest(), "trained_now": not cached,
               "seconds": round(time.perf_counter() - start, 1), "settings": settings(sys.argv)}
-    write_json(records / WARM_START_RECORD, record)
+    target = records / WARM_START_RECORD
+    if target.is_file():
+        kept = json.loads(target.read_text())
+        if (kept["file"], kept["sha1"]) != (record["file"], record["sha1"]):
+            raise SystemExit(f"error: HC2's warm start {path} has sha1 {record['sha1']}, but {target} records "
+                             f"{kept['file']} with sha1 {kept['sha1']}: the HC2 cells would not start from the "
+                             "recorded weights; find out why before running them")
+        print(f"HC2's warm start {path.name}: sha1 {record['sha1']}, equal to {target} (kept)")
+        return kept
+    write_json(target, record)
     return record
 
 
 def run(args) -> int:
     """The grid: the cells of ``plan`` not finished yet, ``--lanes`` at a time, each record copied (with its
     settings) to ``<records>/<set>/<arm>/dseed<N>/`` as soon as its job ends; refused unless HEAD is the freeze
-    commit or a descendant of it. When HC2's cells are to run, its warm start is the first job of the queue
-    (it is deterministic and used by nothing before HC2's cells, which come after the baselines and HC1)."""
+    commit or a descendant of it. When HC2's cells are to run and its warm start is not recorded or not in
+    this machine's cache, the warm start is the first job of the queue (it is deterministic, checked against
+    its record, and used by nothing before HC2's cells, which come after the baselines and HC1)."""
     import subprocess
 
     from hard_checks import run_all
@@ -344,8 +369,8 @@ def run(args) -> int:
             commands.append(command)
             where[id(command)] = (run_dir, args.records / set_name / arm / f"dseed{seed}")
             queue_run(run_dir, command)
-    if args.train_script is None and not (args.records / WARM_START_RECORD).is_file() and any(
-            "backbone=small_cnn_ibn" in c for c in commands):
+    if args.train_script is None and any("backbone=small_cnn_ibn" in c for c in commands) and not (
+            (args.records / WARM_START_RECORD).is_file() and hc2_warm_start_cached()):
         commands.insert(0, ["nice", "-n", "19", sys.executable, str(Path(__file__).resolve()), "warm-start",
                             "--records", str(args.records)])
 

@@ -282,5 +282,14 @@ def test_hc2_warm_start_is_recorded_with_its_digest(tmp_path, monkeypatch):
     assert record["arch"] == "small_cnn_ibn" and record["trained_now"] and record["file"].startswith(
         "synthetic_small_cnn_ibn_64x32_")
     assert record["sha1"] == hashlib.sha1(path.read_bytes()).hexdigest()
+    assert checks.hc2_warm_start_cached([f"data_root={tmp_path}"])
+    # Again (a fresh machine: the record is there, the file is not): rebuilt, checked against the record, kept.
+    path.unlink()
+    assert not checks.hc2_warm_start_cached([f"data_root={tmp_path}"])
     assert checks.main(["warm-start", "--records", str(records), "--overrides", f"data_root={tmp_path}"]) == 0
-    assert not json.loads((records / checks.WARM_START_RECORD).read_text())["trained_now"]  # cached
+    assert json.loads((records / checks.WARM_START_RECORD).read_text()) == record
+    assert hashlib.sha1(path.read_bytes()).hexdigest() == record["sha1"]
+    # A record of other weights stops the grid before any HC2 cell starts from them.
+    (records / checks.WARM_START_RECORD).write_text(json.dumps({**record, "sha1": "0" * 40}))
+    with pytest.raises(SystemExit, match="would not start from the recorded weights"):
+        checks.main(["warm-start", "--records", str(records), "--overrides", f"data_root={tmp_path}"])
