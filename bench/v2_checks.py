@@ -300,12 +300,15 @@ def _hc2_config(overrides: list[str]):
         return compose("config", overrides=[f"dataset={DATASETS['D']}", *ARMS["HC2"], *overrides])
 
 
-def hc2_warm_start_cached(overrides: list[str] = ()) -> bool:
-    """Whether HC2's warm start is in this machine's cache (a fresh machine has the record, not the file)."""
+def _hc2_cache_file(cfg) -> Path:
     from mqreid.engine.warm_start import cache_path
 
-    cfg = _hc2_config(list(overrides))
-    return cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root).is_file()
+    return cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root)
+
+
+def hc2_warm_start_cached(overrides: list[str] = ()) -> bool:
+    """Whether HC2's warm start is in this machine's cache (a fresh machine has the record, not the file)."""
+    return _hc2_cache_file(_hc2_config(list(overrides))).is_file()
 
 
 def warm_start(records: Path, overrides: list[str]) -> dict:
@@ -315,11 +318,11 @@ def warm_start(records: Path, overrides: list[str]) -> dict:
     cells then start from the same weights on every machine."""
     import hashlib
 
-    from mqreid.engine.warm_start import cache_path, synthetic_weights
+    from mqreid.engine.warm_start import synthetic_weights
     from v2_calibration import settings, write_json
 
     cfg = _hc2_config(overrides)
-    cached = cache_path(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root).is_file()
+    cached = _hc2_cache_file(cfg).is_file()
     start = time.perf_counter()
     path = synthetic_weights(cfg.backbone, cfg.input.height, cfg.input.width, cfg.data_root, progress=False)
     record = {"arch": cfg.backbone.arch, "input": [cfg.input.height, cfg.input.width], "file": path.name,
