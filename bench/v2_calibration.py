@@ -56,7 +56,12 @@ MIN_GAP = 0.02  # S4 is undefined below this raw gap
 
 
 def settings(command: list[str]) -> dict:
-    """The settings line of a record: commit (and whether the tree had changes), date, machine, load, command."""
+    """The settings line of a record: commit (and whether the tree had changes), date, machine (with the CPU's
+    model and the vector instructions torch uses: they decide the low bits of a run), load, command."""
+    import torch
+
+    from mqreid.engine.trainer import cpu_model
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
@@ -67,7 +72,8 @@ def settings(command: list[str]) -> dict:
         mem = math.nan
     return {"commit": git("rev-parse", "HEAD"), "tree_changed": bool(git("status", "--porcelain", "--", "src", "conf")),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), {mem:.0f} GiB",
+            "machine": f"{os.cpu_count()}-core CPU ({platform.machine()}), {mem:.0f} GiB",
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load": [round(x, 2) for x in os.getloadavg()], "command": " ".join(command)}
 
 

@@ -214,3 +214,16 @@ def test_the_optimiser_is_fused_on_cuda_only():
     assert fused_on_cuda(OmegaConf.merge(adam, {"fused": False}), torch.device("cuda", 0)) == {}
     lbfgs = OmegaConf.create({"_target_": "torch.optim.LBFGS", "_partial_": True})
     assert fused_on_cuda(lbfgs, torch.device("cuda", 0)) == {}
+
+
+def test_a_cpu_run_records_what_decides_its_low_bits(monkeypatch):
+    """environment.json's numerics on the CPU: the CPU's model, the vector instructions torch dispatches to
+    and the thread count (a run repeats bit for bit only where all three are the same)."""
+    from mqreid.engine import trainer
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(trainer, "cpu_model", lambda: "Some CPU")
+    assert trainer.numerics(torch.device("cpu")) == {"cpu": "Some CPU", "cpu_capability": "AVX2", "threads": 3}
+    monkeypatch.undo()
+    assert isinstance(trainer.cpu_model(), str) and trainer.cpu_model()  # the real one: a name or the architecture

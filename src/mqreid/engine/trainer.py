@@ -108,11 +108,27 @@ def set_deterministic(enabled: bool, on_cuda: bool = False) -> None:
     torch.backends.cudnn.deterministic = True
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def numerics(device: torch.device) -> dict[str, Any]:
-    """The switches that decide what "float32" means on ``device`` (recorded with every run)."""
+    """The switches that decide what "float32" means on ``device`` (recorded with every run). On the CPU the
+    vector instructions torch dispatches to and the thread count change the order of float sums, and so the
+    low bits of every result: a run can be repeated bit for bit only where they are the same."""
+    host = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
     if device.type != "cuda":
-        return {}
-    return {"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(device),
+        return host
+    return {**host, "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(device),
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
