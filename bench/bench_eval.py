@@ -114,16 +114,10 @@ def _git(*args: str) -> str:
         return "?"
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        return "?"
-
-
 def provenance() -> list[str]:
     """Lines saying what was measured where: command, commit, mqreid source, date, machine, load."""
+    from mqreid.engine.trainer import cpu_model
+
     source = Path(mqreid.__file__).resolve().parent
     commit = _git("rev-parse", "--short", "HEAD")
     if source.is_relative_to(REPO):
@@ -145,7 +139,7 @@ def provenance() -> list[str]:
         f"command: {' '.join([Path(sys.executable).name, *sys.argv])}",
         f"commit: {commit}; mqreid imported from {where}",
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"machine: {os.cpu_count()} CPU cores ({_cpu_model()}), {mem}; torch {torch.__version__}, "
+        f"machine: {os.cpu_count()} CPU cores ({cpu_model()}), {mem}; torch {torch.__version__}, "
         f"numpy {np.__version__}, {torch.get_num_threads()} torch threads",
         f"load average (1, 5, 15 min): {load}",
     ]
